@@ -1,0 +1,1 @@
+"""Shared infrastructure: configuration, data, the training engine, checkpoints and logging."""
