@@ -1,0 +1,164 @@
+"""Read weight files and load them with strict keys, turning every failure into one clear line.
+
+A checkpoint that loads with ``strict=False`` into the wrong architecture silently evaluates a
+half-random network, and the resulting accuracy looks like a pruning result. So loading here is
+always strict, and a mismatch is a :class:`UserError` that says what differs and, where the pattern
+is known (the other shortcut option, another depth), which model option to change.
+
+Accepted files: a bare state dict, or a dict that wraps one under ``state_dict`` (akamaster, this
+project's own checkpoints) or ``model``. A ``module.`` prefix from ``nn.DataParallel`` is removed.
+Files are read with ``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects
+from a downloaded file can run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+# Wrapper keys under which training scripts store the state dict, tried in this order.
+_WRAPPER_KEYS = ("state_dict", "model")
+_DATA_PARALLEL_PREFIX = "module."
+# Old checkpoints (before PyTorch 0.4.1, e.g. akamaster's) have no BatchNorm step counter. The
+# counter only matters for BatchNorm with momentum=None, so the model's own value is kept.
+_TOLERATED_MISSING_SUFFIX = "num_batches_tracked"
+_KEYS_SHOWN = 3
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else {EOFError: "unexpected end of file"}.get(type(exc), type(exc).__name__)
+    return line if len(line) <= 100 else line[:97] + "..."
+
+
+def _corrupt(path: Path, exc: BaseException, reason: str | None = None) -> str:
+    reason = reason or _first_line(exc)
+    return f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint ({reason}); check model.checkpoint"
+
+
+def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
+    """Whatever ``path`` holds (read on the CPU, tensors and plain containers only), or a one-line UserError.
+
+    The checkpoint code uses this to tell this tool's own checkpoints from plain weight files
+    before deciding how to load them; :func:`read_state_dict` uses it for plain weights.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}; check model.checkpoint")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory, not a weights file; check model.checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({_first_line(exc)}); check its permissions") from exc
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses classes outside its allow-list ("Unsupported global: GLOBAL x.y.Z");
+        # any other unpickling error (also wrapped in its long "Weights only load failed" text) is damage.
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise UserError(
+                f"checkpoint {path} holds pickled Python objects ({refused.group(1)}), not only tensors; "
+                f"save model.state_dict() instead, since loading arbitrary objects can run code"
+            ) from exc
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
+        raise UserError(_corrupt(path, exc, detail.group(1) if detail else None)) from exc
+    # A damaged file fails anywhere inside the deserialiser, and the exception type depends on where:
+    # observed are RuntimeError (zip reader, short storage), EOFError, OSError, struct.error and
+    # KeyError (a text file). All of them mean the same thing to the user, so all are caught here.
+    except Exception as exc:
+        raise UserError(_corrupt(path, exc)) from exc
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, Mapping):
+        wrapper = next((key for key in _WRAPPER_KEYS if isinstance(obj.get(key), Mapping)), None)
+        if wrapper is None:
+            break
+        obj = obj[wrapper]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; check model.checkpoint")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(
+                f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a state dict "
+                f"or a dict that holds one under {' or '.join(repr(k) for k in _WRAPPER_KEYS)}"
+            )
+    return dict(obj)
+
+
+def unwrap_state_dict(obj: object, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict inside what a checkpoint file held: wrappers removed, no ``module.`` prefix."""
+    state_dict = _unwrap(obj, Path(path))
+    return {key.removeprefix(_DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` on the CPU, unwrapped and without a ``module.`` prefix."""
+    return unwrap_state_dict(read_checkpoint_file(path), path)
+
+
+def _apply_aliases(state_dict: Mapping[str, torch.Tensor], aliases: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in aliases.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_KEYS_SHOWN])
+    return shown + (f" (and {len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else "")
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state_dict`` into ``model`` with strict keys and shapes; ``source`` names it in errors.
+
+    The model's class may declare ``checkpoint_key_aliases`` (prefix renames, e.g. ``{"linear.": "fc."}``)
+    and a ``checkpoint_hint(missing, unexpected)`` method that explains a known mismatch.
+    """
+    loaded = _apply_aliases(state_dict, getattr(model, "checkpoint_key_aliases", {}))
+    expected = model.state_dict()
+    # Shapes first: a width or depth mismatch usually shows as both, and the shape names the layer.
+    for key, tensor in expected.items():
+        if key in loaded and loaded[key].shape != tensor.shape:
+            raise UserError(
+                f"checkpoint {source}: {key} has shape {tuple(loaded[key].shape)} but the model expects "
+                f"{tuple(tensor.shape)}; was it made for another architecture or model option?"
+            )
+    for key in expected:
+        # Tolerate the counter only where the rest of its BatchNorm is there: a whole missing layer
+        # must still be reported, counter included.
+        if key.endswith(_TOLERATED_MISSING_SUFFIX) and key not in loaded:
+            stem = key[: -len(_TOLERATED_MISSING_SUFFIX)]
+            if stem + "running_mean" in loaded:
+                loaded[key] = expected[key].clone()
+    missing = [key for key in expected if key not in loaded]
+    unexpected = [key for key in loaded if key not in expected]
+    if missing or unexpected:
+        parts = [f"checkpoint {source} does not match the model"]
+        if missing:
+            parts.append(f"missing keys {_some(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_some(unexpected)}")
+        hint_of = getattr(model, "checkpoint_hint", None)
+        hint = hint_of(missing, unexpected) if callable(hint_of) else None
+        parts.append(hint or "was it made for another architecture or model option?")
+        raise UserError("; ".join(parts))
+    model.load_state_dict(loaded, strict=True)
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Read ``path`` and load it into ``model`` with strict keys (see :func:`load_state_dict_strict`)."""
+    load_state_dict_strict(model, read_state_dict(path), source=str(path))

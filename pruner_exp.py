@@ -1,0 +1,39 @@
+"""Prune the model an experiment file names, evaluate it, optionally fine-tune it, and report.
+
+    python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --gpu 0 --prune_percent 0.5
+    python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --prune_percent 0.3 0.5 0.7 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from utils.cli import add_common_arguments, run_main
+from utils.errors import UserError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--prune_percent", type=float, nargs="+", default=None, metavar="P",
+                        help="fraction(s) in [0, 1) to prune; several make a sweep (overrides prune.percent)")
+    return parser
+
+
+def cli() -> int:
+    args = get_args_parser().parse_args()
+    from utils.config import load_config
+    from utils.pruner import main
+
+    overrides = list(args.overrides)
+    if args.prune_percent is not None:
+        for p in args.prune_percent:
+            if not 0 <= p < 1:
+                raise UserError(f"--prune_percent {p:g}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
+        overrides.append(f"prune.percent={list(args.prune_percent)}")
+    cfg = load_config(args.json, overrides)
+    return main(cfg, gpu=args.gpu, visdom=args.visdom)
+
+
+if __name__ == "__main__":
+    run_main(cli)

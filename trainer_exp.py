@@ -1,0 +1,36 @@
+"""Train a model from an experiment file, resume an interrupted run, or only evaluate.
+
+    python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json --gpu 0 --visdom
+    python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json \
+        --resume checkpoints/cifar10_resnet20/last.pth
+    python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json --evaluate --resume checkpoints/x/best.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from utils.cli import add_common_arguments, run_main
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--resume", metavar="CKPT", default=None,
+                        help="continue an interrupted run from its checkpoint (model, optimizer, scheduler, epoch, "
+                             "RNG); with --evaluate, the checkpoint to evaluate")
+    parser.add_argument("--evaluate", action="store_true", help="only evaluate the model on the test split")
+    return parser
+
+
+def cli() -> int:
+    args = get_args_parser().parse_args()
+    from utils.config import load_config
+    from utils.trainer import main
+
+    cfg = load_config(args.json, args.overrides)
+    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, evaluate_only=args.evaluate)
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -1,0 +1,378 @@
+"""Experiment files: JSON parsed into typed, frozen dataclasses, one per section.
+
+The JSON file is the user interface, so every mistake in it is reported against the file and the dotted
+key, with the bad value and what is allowed (``prune.json: prune.percent: expected a number in [0, 1),
+got 1.5``). Unknown keys are errors with the nearest valid key suggested; keys that start with ``_`` are
+comments and ignored. ``--set a.b=VALUE`` overrides any key before validation.
+
+Every field carries its documentation in ``metadata["doc"]``; ``python -m utils.config`` prints the
+reference table that the README embeds, so code and documentation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+
+_MISSING = dataclasses.MISSING
+
+
+def _opt(default: Any, doc: str, *, check: Callable[[Any], bool] | None = None, expect: str | None = None,
+         choices: tuple[str, ...] = ()) -> Any:
+    """A config field with its documentation and an optional check (``expect`` names the allowed values)."""
+    if choices:
+        check, expect = (lambda v: v in choices), "one of " + ", ".join(json.dumps(c) for c in choices)
+    kwargs: dict[str, Any] = {"metadata": {"doc": doc, "check": check, "expect": expect}}
+    if isinstance(default, list | dict):
+        kwargs["default_factory"] = lambda: type(default)(default)
+    elif default is not _MISSING:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _in_unit_interval(v: Any) -> bool:
+    return 0 <= v < 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _opt("cifar10", "Dataset: `cifar10` (torchvision's `cifar-10-batches-py` format), `imagenet` "
+                     "(ImageFolder `train/` + `val/`), `imagefolder` (any ImageFolder tree with `train/` and `val/` "
+                     "or `test/`), `digits` (scikit-learn's bundled 8x8 digits, no download; the demo).")
+    root: str = _opt("data", "Folder that holds the dataset (relative paths are relative to the working directory).")
+    download: bool = _opt(False, "`cifar10` only: download the dataset into `data.root` when it is missing.")
+    batch_size: int = _opt(128, "Training images per step.", check=_positive, expect="a positive integer")
+    test_batch_size: int | None = _opt(None, "Images per evaluation batch (default: `data.batch_size`).",
+                                       check=lambda v: v is None or v > 0, expect="a positive integer or null")
+    workers: int = _opt(2, "DataLoader worker processes (0 loads in the main process).",
+                        check=_non_negative, expect="an integer >= 0")
+    mean: list[float] | None = _opt(None, "Per-channel normalisation mean (default: the dataset's own).",
+                                    check=lambda v: v is None or len(v) == 3,
+                                    expect="a list of 3 numbers (R, G, B) or null")
+    std: list[float] | None = _opt(None, "Per-channel normalisation std (default: the dataset's own).",
+                                   check=lambda v: v is None or (len(v) == 3 and min(v) > 0),
+                                   expect="a list of 3 positive numbers (R, G, B) or null")
+    image_size: int | None = _opt(None, "Crop size for `imagenet`/`imagefolder` (default 224; 64 or less switches "
+                                  "to CIFAR-style pad-and-crop augmentation).",
+                                  check=lambda v: v is None or v > 0, expect="a positive integer or null")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _opt(_MISSING, "Registered model name, e.g. `vgg16_bn_cifar`, `resnet20`, `resnet56`, "
+                     "`tv_resnet18`, `tv_resnet34`, `tv_mobilenet_v2` (the full list: README, Models).")
+    checkpoint: str | None = _opt(None, "Weights to start from: a checkpoint of this tool (its architecture and "
+                                  "masks come along) or a plain/wrapped state dict (`module.` prefixes and "
+                                  "`{'state_dict': ...}` wrappers are handled). Keys are checked strictly.")
+    pretrained: bool = _opt(False, "torchvision models only: start from torchvision's ImageNet weights "
+                            "(offline: the file must already be in `$TORCH_HOME/hub/checkpoints`).")
+    num_classes: int | None = _opt(None, "Output classes (default: the dataset's).",
+                                   check=lambda v: v is None or v > 0, expect="a positive integer or null")
+    shortcut: str | None = _opt(None, "CIFAR ResNets only: `A` (parameter-free, zero-padded) or `B` (1x1 conv + "
+                                "BN) shortcuts where the shape changes. Default `A`.",
+                                check=lambda v: v is None or v in ("A", "B"), expect='"A", "B" or null')
+    classifier: list[int] | None = _opt(None, "`vgg16_bn_cifar` only: hidden widths of the classifier. Default "
+                                        "`[512]` (Li et al., 1.5e7 parameters); `[4096, 4096]` is the "
+                                        "filter-pruning reference's 33.6M-parameter model.",
+                                        check=lambda v: v is None or all(w > 0 for w in v),
+                                        expect="a list of positive integers or null")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = _opt(0, "Epochs to run (0: none).", check=_non_negative, expect="an integer >= 0")
+    lr: float = _opt(0.1, "Initial SGD learning rate (for a batch of `data.batch_size` images).",
+                     check=_positive, expect="a positive number")
+    momentum: float = _opt(0.9, "SGD momentum.", check=lambda v: 0 <= v < 1, expect="a number in [0, 1)")
+    weight_decay: float = _opt(5e-4, "L2 weight decay.", check=_non_negative, expect="a number >= 0")
+    nesterov: bool = _opt(False, "Nesterov momentum.")
+    schedule: str = _opt("multistep", "LR schedule: `multistep` (times `gamma` at each of `milestones`), `cosine` "
+                         "(to 0 over `epochs`) or `constant`.", choices=("multistep", "cosine", "constant"))
+    milestones: list[int] = _opt([], "Epochs at which `multistep` multiplies the LR by `gamma`.",
+                                 check=lambda v: all(m > 0 for m in v) and list(v) == sorted(v),
+                                 expect="an increasing list of positive integers")
+    gamma: float = _opt(0.1, "LR factor at each milestone.", check=_positive, expect="a positive number")
+
+
+def _retrain_defaults() -> dict[str, Any]:
+    return {"epochs": 0, "lr": 0.001, "schedule": "constant"}
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = _opt("weight", "Pruning method: `weight` (magnitude weight pruning, Han et al. 2015).")
+    percent: list[float] = _opt([0.5], "Fraction of weights to prune, in [0, 1); several values make a sweep "
+                                "(a single number is accepted). `--prune_percent` overrides it.",
+                                check=lambda v: len(v) > 0 and all(0 <= p < 1 for p in v),
+                                expect="a number in [0, 1) or a non-empty list of them")
+    scope: str = _opt("layer_type", "Where a threshold applies: `layer_type` (one for all conv weights, one for all "
+                      "linear weights: the seed's method), `global` (one for both) or `layer` (each layer its own).",
+                      choices=("layer_type", "global", "layer"))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = _opt("checkpoints", "Where run directories are created (`<dir>/<name>`, then `<name>-2`, ... so "
+                    "a re-run never overwrites an earlier one).")
+    overwrite: bool = _opt(False, "Reuse `<dir>/<name>` even when it exists (its files are replaced).")
+
+
+@dataclass(frozen=True)
+class VisdomConfig:
+    host: str = _opt("http://localhost", "Visdom server address (used with `--visdom`).")
+    port: int = _opt(8097, "Visdom server port.", check=lambda v: 0 < v < 65536, expect="a port in 1..65535")
+    env: str | None = _opt(None, "Visdom environment (default: the experiment's `name`).")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _opt(_MISSING, "Experiment name: the run directory is `<output.dir>/<name>`.",
+                     check=lambda v: v.strip() != "" and "/" not in v and v not in (".", ".."),
+                     expect="a non-empty name without '/'")
+    seed: int = _opt(0, "Seed for Python, NumPy and torch (CPU runs repeat exactly).")
+    print_freq: int = _opt(0, "Print a progress line every N steps when not on a terminal (0: once per epoch).",
+                           check=_non_negative, expect="an integer >= 0")
+    data: DataConfig = _opt({}, "Dataset and loading.")
+    model: ModelConfig = _opt({}, "The network.")
+    train: OptimConfig = _opt({}, "Training from scratch or from `model.checkpoint` (`trainer_exp.py`).")
+    prune: PruneConfig = _opt({}, "Pruning (`pruner_exp.py`).")
+    retrain: OptimConfig = _opt({}, "Fine-tuning after pruning (`pruner_exp.py`); defaults: "
+                                "0 epochs, lr 0.001, constant schedule.")
+    output: OutputConfig = _opt({}, "Run outputs.")
+    visdom: VisdomConfig = _opt({}, "Live plots.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON data (saved as ``config.json`` and in every checkpoint)."""
+        return dataclasses.asdict(self)
+
+
+# Section defaults that differ from the section class's own defaults.
+_SECTION_DEFAULTS: dict[tuple[str, ...], Callable[[], dict[str, Any]]] = {("retrain",): _retrain_defaults}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + (" or null" if len(inner) < len(args) else "")
+    if origin is list:
+        return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+class _Validator:
+    """Converts raw JSON data into a dataclass, collecting the first error with its dotted key."""
+
+    def __init__(self, source: str, overridden: set[str]):
+        self.source = source
+        self.overridden = overridden
+
+    def fail(self, key: str, message: str) -> UserError:
+        source = f"--set {key}" if key in self.overridden else f"{self.source}: {key}"
+        return UserError(f"{source}: {message}")
+
+    def convert(self, tp: Any, value: Any, key: str) -> Any:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, key) if len(inner) == 1 else value
+        if dataclasses.is_dataclass(tp):
+            return self.section(tp, value, key)
+        if origin is list:
+            if tp == list[float] and isinstance(value, int | float) and not isinstance(value, bool):
+                value = [value]  # a single ratio is a one-element sweep
+            if not isinstance(value, list):
+                raise self.fail(key, f"expected {_describe(tp)}, got {json.dumps(value)}")
+            return [self.convert(args[0], v, key) for v in value]
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+            str: isinstance(value, str),
+        }[tp]
+        if not ok or (tp is float and not math.isfinite(value)):
+            raise self.fail(key, f"expected {_describe(tp)}, got {json.dumps(value)}")
+        return float(value) if tp is float else value
+
+    def section(self, cls: type, raw: Any, prefix: str) -> Any:
+        if not isinstance(raw, dict):
+            raise self.fail(prefix, f"expected an object with keys {', '.join(f.name for f in dataclasses.fields(cls))}"
+                            f", got {json.dumps(raw)}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        path = tuple(prefix.split(".")) if prefix else ()
+        defaults = _SECTION_DEFAULTS.get(path, dict)()
+        for name in raw:
+            if name.startswith("_"):
+                continue  # comments
+            if name not in fields:
+                near = difflib.get_close_matches(name, fields, n=1)
+                hint = f"; did you mean {_join(prefix, near[0])}?" if near else ""
+                raise self.fail(_join(prefix, name), f"unknown key{hint} (valid keys here: {', '.join(fields)})")
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            key = _join(prefix, name)
+            if name in raw:
+                value = raw[name]
+            elif name in defaults:
+                value = defaults[name]
+            elif dataclasses.is_dataclass(hints[name]):
+                value = {}
+            elif f.default is not _MISSING or f.default_factory is not _MISSING:
+                continue
+            else:
+                raise self.fail(key, f"missing; expected {_describe(hints[name])} ({f.metadata['doc']})")
+            converted = self.convert(hints[name], value, key)
+            check, expect = f.metadata.get("check"), f.metadata.get("expect")
+            if check is not None and not check(converted):
+                raise self.fail(key, f"expected {expect}, got {json.dumps(value)}")
+            values[name] = converted
+        return cls(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=VALUE`` -> (``"a.b"``, value); the value is JSON when it parses as JSON, else the raw string."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set data.root=/data/cifar10")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def _check_override_key(key: str) -> None:
+    cls: Any = ExperimentConfig
+    done: list[str] = []
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            near = difflib.get_close_matches(part, fields, n=1)
+            hint = f"; did you mean {_join('.'.join(done), near[0])}?" if near else ""
+            where = f" in section {'.'.join(done)}" if done and fields else ""
+            raise UserError(f"--set {key}: unknown key{where}{hint}")
+        cls = typing.get_type_hints(cls)[part]
+        done.append(part)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> set[str]:
+    """Apply ``--set`` items to the raw JSON data in place; return the dotted keys they set."""
+    keys = set()
+    for item in overrides:
+        key, value = parse_override(item)
+        _check_override_key(key)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+        keys.add(key)
+    return keys
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read an experiment file; every failure is one line naming the file (and line/column for bad JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: experiment file not found; check the --json path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; --json takes an experiment file (.json)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the experiment file ({exc})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a JSON object {{...}}, got {type(raw).__name__}")
+    return raw
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "<config>", overridden: set[str] | None = None) -> ExperimentConfig:
+    """Validate raw JSON data into an :class:`ExperimentConfig`."""
+    return _Validator(source, overridden or set()).section(ExperimentConfig, raw, "")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment file."""
+    raw = read_json(path)
+    overridden = apply_overrides(raw, overrides)
+    return from_dict(raw, source=str(path), overridden=overridden)
+
+
+def replace(cfg: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with fields of some sections replaced, e.g. ``replace(cfg, prune={"percent": [0.5]})``."""
+    changes = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(cfg, **changes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Documentation
+
+
+def reference_markdown() -> str:
+    """The table of every key with its type, default and meaning (embedded in the README)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        path = tuple(prefix.split(".")) if prefix else ()
+        defaults = _SECTION_DEFAULTS.get(path, dict)()
+        for f in dataclasses.fields(cls):
+            key = _join(prefix, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], key)
+                continue
+            if f.name in defaults:
+                default = json.dumps(defaults[f.name])
+            elif f.default is not _MISSING:
+                default = json.dumps(f.default)
+            elif f.default_factory is not _MISSING:
+                default = json.dumps(f.default_factory())
+            else:
+                default = "required"
+            lines.append(f"| `{key}` | {_describe(hints[f.name])} | `{default}` | {f.metadata['doc']} |")
+
+    walk(ExperimentConfig, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

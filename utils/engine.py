@@ -1,0 +1,122 @@
+"""The one training step loop and the one evaluation loop.
+
+Baseline training, fine-tuning after pruning and pruning sweeps all call :func:`train_one_epoch` and
+:func:`evaluate`; nothing else in the project iterates over a DataLoader to train or test.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from utils.errors import UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def _progress(loader: Iterable, desc: str) -> tuple[Iterable, Any]:
+    """A tqdm bar on a terminal; the bare loader otherwise (the caller prints plain lines)."""
+    if sys.stderr.isatty():
+        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        return bar, bar
+    return loader, None
+
+
+class _Meter:
+    """Sums of loss and correct predictions, kept on the device so a step never waits for the GPU."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
+        self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.size(0)
+        k = min(5, output.size(1))
+        top = output.topk(k, dim=1).indices
+        hits = top.eq(target.unsqueeze(1))
+        self.loss += loss.detach().double() * n
+        self.correct1 += hits[:, 0].sum()
+        self.correct5 += hits.any(dim=1).sum()
+        self.count += n
+
+    def note_finite(self, loss: torch.Tensor, step: int) -> None:
+        """Remember the first step whose loss was NaN/inf, on the device (no synchronisation)."""
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+
+    def result(self) -> dict[str, float]:
+        count = max(self.count, 1)
+        return {
+            "loss": self.loss.item() / count,
+            "top1": 100.0 * self.correct1.item() / count,
+            "top5": 100.0 * self.correct5.item() / count,
+        }
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, epoch: int, print_freq: int = 0) -> dict[str, float]:
+    """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
+
+    Pruning masks are held by optimizer hooks (:class:`pruning.masks.MaskKeeper`), so this loop does not
+    need to know whether the model is pruned.
+    """
+    model.train()
+    meter = _Meter(device)
+    start = time.perf_counter()
+    iterator, bar = _progress(loader, f"epoch {epoch} train")
+    for step, (images, target) in enumerate(iterator, start=1):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        output = model(images)
+        loss = criterion(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        meter.update(loss, output, target)
+        meter.note_finite(loss, step)
+        if device.type == "cpu":  # reading a CPU scalar costs nothing; on a GPU it would stall the pipeline
+            check_finite(meter, epoch)
+        if print_freq and step % print_freq == 0:
+            check_finite(meter, epoch)
+            stats = meter.result()
+            line = f"Epoch {epoch} step {step}: loss {stats['loss']:.4f}, top1 {stats['top1']:.2f}"
+            print(line, flush=True) if bar is None else bar.set_postfix_str(line)
+    check_finite(meter, epoch)
+    stats = meter.result()
+    stats["time"] = time.perf_counter() - start
+    return stats
+
+
+def check_finite(meter: _Meter, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` naming the epoch and step where the loss first became NaN/inf."""
+    step = int(meter.first_bad_step.item())
+    if step >= 0:
+        raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch}, step {step}; the last "
+                               "good checkpoint is "
+                               "kept; lower the learning rate (train.lr / retrain.lr) and resume or restart")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
+             *, desc: str = "test") -> dict[str, float]:
+    """Mean loss, top-1 and top-5 (in %) of ``model`` over ``loader`` in eval mode."""
+    model.eval()
+    meter = _Meter(device)
+    iterator, _ = _progress(loader, desc)
+    for images, target in iterator:
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        output = model(images)
+        meter.update(criterion(output, target), output, target)
+    return meter.result()

@@ -1,0 +1,140 @@
+"""From a validated config to live objects: device, seeds, data loaders and the model.
+
+This is the boundary where the config object is turned into plain keyword arguments; the packages below
+(``models``, ``pruning``, ``utils.data``) never see a config.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.config import ExperimentConfig
+from utils.errors import UserError
+
+
+def select_device(gpu: int | None) -> torch.device:
+    """``cuda:N`` for ``--gpu N`` (an error if that GPU does not exist: never a silent CPU fallback), else CPU."""
+    if gpu is None:
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpu < 0 or gpu >= count:
+        have = f"{count} CUDA device(s) (0..{count - 1})" if count else "no CUDA device"
+        raise UserError(f"--gpu {gpu}: this machine has {have}; pick one of those, or leave out --gpu to use the CPU")
+    torch.backends.cudnn.benchmark = True
+    return torch.device(f"cuda:{gpu}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Data:
+    num_classes: int
+    train_loader: Any
+    test_loader: Any
+
+
+def build_data(cfg: ExperimentConfig, *, train: bool, pin_memory: bool = False) -> Data:
+    """Datasets and loaders for ``cfg.data`` (no training split is touched when ``train`` is False)."""
+    from utils.data import build_datasets, build_loaders, default_mean_std
+
+    d = cfg.data
+    mean, std = default_mean_std(d.name)
+    bundle = build_datasets(d.name, d.root, mean=d.mean or mean, std=d.std or std, train=train, download=d.download,
+                            image_size=d.image_size)
+    train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=d.workers, seed=cfg.seed,
+                                              test_batch_size=d.test_batch_size, pin_memory=pin_memory)
+    return Data(num_classes=bundle.num_classes, train_loader=train_loader, test_loader=test_loader)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    arch: dict[str, Any]  # {"name": ..., "options": {...}}: enough to rebuild the model
+    masks: dict[str, torch.Tensor] | None
+    checkpoint: dict[str, Any] | None  # the tool's own checkpoint it came from, if any
+
+
+def model_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """The builder keyword arguments the config asks for (unset options keep the builder's defaults)."""
+    m = cfg.model
+    options: dict[str, Any] = {"num_classes": m.num_classes or num_classes}
+    for key in ("shortcut", "classifier"):
+        if getattr(m, key) is not None:
+            options[key] = getattr(m, key)
+    if m.pretrained:
+        options["pretrained"] = True
+    return options
+
+
+def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
+    from models import get_model
+
+    return get_model(arch["name"], **arch["options"])
+
+
+def check_names(cfg: ExperimentConfig, source: str) -> None:
+    """Check the registry names in the config (model, dataset, pruning method) before any work starts."""
+    from models import list_models
+    from pruning import list_methods
+    from utils.data import dataset_names
+
+    for key, value, known in (("model.arch", cfg.model.arch, list_models()), ("data.name", cfg.data.name,
+                              dataset_names()), ("prune.method", cfg.prune.method, list_methods())):
+        if value not in known:
+            raise UserError(f"{source}: {key}: unknown name {value!r}; known: {', '.join(known)}")
+
+
+def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
+                            ckpt: dict[str, Any] | None = None) -> LoadedModel:
+    """Rebuild a model from a checkpoint of this tool: architecture (pruned widths included), weights, masks."""
+    from models.loading import load_state_dict_strict
+    from pruning.masks import validate_masks
+    from utils.checkpoint import check_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(path) if ckpt is None else check_checkpoint(ckpt, path)
+    arch = ckpt["arch"]
+    if expect_arch is not None and arch["name"] != expect_arch:
+        raise UserError(f"{path}: the checkpoint holds a {arch['name']} but model.arch is {expect_arch!r}; set "
+                        f"model.arch to {arch['name']!r} or pick another checkpoint")
+    model = build_model_from_arch(arch)
+    load_state_dict_strict(model, ckpt["state_dict"], source=str(path))
+    masks = ckpt.get("masks") or None
+    if masks:
+        validate_masks(model, masks)
+    return LoadedModel(model=model, arch=arch, masks=masks, checkpoint=ckpt)
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
+    """The model ``cfg.model`` describes, with weights from ``model.checkpoint`` or torchvision when asked.
+
+    A checkpoint of this tool brings its own architecture (a pruned model's widths) and masks; any other
+    file is read as a state dict for the architecture the config names.
+    """
+    from models import get_model
+    from models.loading import load_state_dict_strict, read_checkpoint_file, unwrap_state_dict
+    from utils.checkpoint import is_toolkit_checkpoint
+
+    m = cfg.model
+    obj = read_checkpoint_file(m.checkpoint) if m.checkpoint is not None else None
+    if is_toolkit_checkpoint(obj):
+        return load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj)
+    options = model_options(cfg, num_classes)
+    try:
+        model = get_model(m.arch, **options)
+    except UserError as exc:  # the registry names the option; the user needs the config key
+        raise UserError(f"model.{exc}") from None
+    arch = {"name": m.arch, "options": {k: v for k, v in options.items() if k != "pretrained"}}
+    if obj is not None:
+        load_state_dict_strict(model, unwrap_state_dict(obj, m.checkpoint), source=str(m.checkpoint))
+    return LoadedModel(model=model, arch=arch, masks=None, checkpoint=None)

@@ -1,0 +1,67 @@
+"""``trainer_exp.py``: train from scratch or from weights, resume, or only evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from utils.checkpoint import model_size_kb, provenance
+from utils.config import ExperimentConfig
+from utils.engine import evaluate
+from utils.errors import UserError
+from utils.run import RunDir
+from utils.setup import build_data, build_model, load_toolkit_checkpoint, seed_everything, select_device
+from utils.training import fit
+
+
+def make_visdom(cfg: ExperimentConfig, enabled: bool, title_prefix: str = ""):
+    from utils.visdom_logger import VisdomLogger
+
+    v = cfg.visdom
+    return VisdomLogger(enabled=enabled, host=v.host, port=v.port, env=v.env or cfg.name, title_prefix=title_prefix)
+
+
+def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
+         evaluate_only: bool = False) -> int:
+    device = select_device(gpu)
+    seed_everything(cfg.seed)
+    data = build_data(cfg, train=not evaluate_only, pin_memory=device.type == "cuda")
+    if resume is not None:
+        loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch)
+    else:
+        loaded = build_model(cfg, data.num_classes)
+    model = loaded.model.to(device)
+
+    if evaluate_only:
+        stats = evaluate(model, data.test_loader, nn.CrossEntropyLoss(), device)
+        source = resume or cfg.model.checkpoint or "untrained weights"
+        print(f"[Test] {source}: Top1: {stats['top1']:.4f}, Top5: {stats['top5']:.4f}, Loss: {stats['loss']:.4f}")
+        return 0
+
+    if cfg.train.epochs == 0:
+        raise UserError("train.epochs is 0: nothing to train; set train.epochs, or use --evaluate to only test")
+    if resume is not None:
+        run = RunDir(Path(resume).resolve().parent)
+        ckpt = loaded.checkpoint or {}
+        saved_train = (ckpt.get("config") or {}).get("train")
+        if saved_train is not None and saved_train != cfg.to_dict()["train"]:
+            print(f"note: the train section differs from the one {resume} was trained with; continuing with the "
+                  "experiment file's")
+        print(f"Resuming {resume} at epoch {ckpt.get('epoch', 0)} in {run.path}")
+    else:
+        run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
+        print(f"Run directory: {run.path}")
+    config = {**cfg.to_dict(), "provenance": provenance(device)}
+    if resume is None:
+        run.write_json("config.json", config)
+    logger = make_visdom(cfg, visdom)
+    result = fit(model, train_loader=data.train_loader, test_loader=data.test_loader, optim=cfg.train, device=device,
+                 run=run, arch=loaded.arch, config=config, seed=cfg.seed, masks=loaded.masks, visdom=logger,
+                 resume=loaded.checkpoint if resume is not None else None, print_freq=cfg.print_freq)
+    if result.epochs_run:
+        print(f"\nAverage test accuracy: {result.average_top1:.4f}")
+        print(f"Best test accuracy: {result.best_top1:.4f}")
+    print(f"Model size: {model_size_kb(model):.0f} Kb")
+    print(f"Checkpoints: {run / 'last.pth'}, {run / 'best.pth'}")
+    return 0

@@ -1,0 +1,130 @@
+"""The epoch loop shared by ``trainer_exp.py`` and fine-tuning in ``pruner_exp.py``.
+
+It owns the optimizer and LR schedule, prints one line per epoch as the research code did, appends
+``metrics.jsonl``, plots to visdom and writes ``last.pth`` / ``best.pth`` atomically after every epoch, so
+an interrupted run resumes exactly (model, optimizer, scheduler, epoch and RNG state).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.checkpoint import atomic_write_bytes, checkpoint_bytes, make_checkpoint, restore_rng_state
+from utils.config import OptimConfig
+from utils.engine import evaluate, train_one_epoch
+from utils.run import RunDir
+
+AVERAGE_OVER_LAST = 5  # epochs whose test top-1 is averaged in the closing summary, as the seed reported
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with the configured momentum/weight decay and its per-epoch LR schedule."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay, nesterov=optim.nesterov and optim.momentum > 0)
+    if optim.schedule == "multistep":
+        scheduler: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones),
+                                                              gamma=optim.gamma)
+    elif optim.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(optim.epochs, 1))
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
+
+
+def format_epoch_line(epoch: int, train: dict[str, float], test: dict[str, float], seconds: float) -> str:
+    """``Epoch N. [Train] Top1: .., Top5: .., Loss: ... [Test] ... Time: hh:mm:ss`` (the seed's format)."""
+    s = round(seconds)
+    return (f"Epoch {epoch}. [Train] Top1: {train['top1']:.4f}, Top5: {train['top5']:.4f}, Loss: {train['loss']:.4f}. "
+            f"[Test] Top1: {test['top1']:.4f}, Top5: {test['top5']:.4f}, Loss: {test['loss']:.4f}. "
+            f"Time: {s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}")
+
+
+def reseed_loader(loader: Any, seed: int, epoch: int) -> None:
+    """Derive the shuffling (and worker seeds) of an epoch from (seed, epoch) alone, so a resumed run draws
+    exactly the batches the uninterrupted run would have."""
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed * 100_003 + epoch)
+
+
+@dataclass
+class FitResult:
+    epochs_run: int
+    last: dict[str, float]
+    best_top1: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def average_top1(self) -> float:
+        tail = [h["test_top1"] for h in self.history[-AVERAGE_OVER_LAST:]]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimConfig, device: torch.device,
+        run: RunDir, arch: dict[str, Any], config: dict[str, Any], seed: int,
+        masks: dict[str, torch.Tensor] | None = None, visdom: Any = None, resume: dict[str, Any] | None = None,
+        print_freq: int = 0,
+        extra_record: dict[str, Any] | None = None, metrics_run: RunDir | None = None) -> FitResult:
+    """Train ``model`` for ``optim.epochs`` epochs (continuing from ``resume``, a loaded checkpoint, if given).
+
+    With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints go to
+    ``run``; metrics to ``metrics_run`` (default: ``run``), so a sweep keeps one ``metrics.jsonl``.
+    """
+    metrics_run = metrics_run or run
+    criterion = nn.CrossEntropyLoss()
+    optimizer, scheduler = build_optimizer(model, optim)
+    keeper = None
+    if masks:
+        from pruning.masks import MaskKeeper
+
+        keeper = MaskKeeper(model, masks)
+        keeper.attach(optimizer)
+    start_epoch, best_top1 = 0, float("-inf")
+    if resume is not None:
+        if resume.get("optimizer"):
+            optimizer.load_state_dict(resume["optimizer"])
+        if resume.get("scheduler"):
+            scheduler.load_state_dict(resume["scheduler"])
+        start_epoch = int(resume.get("epoch", 0))
+        best_top1 = resume.get("best_top1") if resume.get("best_top1") is not None else best_top1
+        if resume.get("rng"):
+            restore_rng_state(resume["rng"])
+        if start_epoch >= optim.epochs:
+            print(f"The checkpoint has already completed {start_epoch} of {optim.epochs} epochs: nothing to resume.")
+    result = FitResult(epochs_run=0, last={}, best_top1=best_top1)
+    for epoch in range(start_epoch, optim.epochs):
+        start = time.perf_counter()
+        reseed_loader(train_loader, seed, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch=epoch,
+                                      print_freq=print_freq)
+        test_stats = evaluate(model, test_loader, criterion, device)
+        scheduler.step()
+        seconds = time.perf_counter() - start
+        print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
+        record = {**(extra_record or {}), "epoch": epoch, "lr": lr, "time": seconds,
+                  **{f"train_{k}": v for k, v in train_stats.items() if k != "time"},
+                  **{f"test_{k}": v for k, v in test_stats.items()}}
+        metrics_run.append_metrics(record)
+        result.history.append(record)
+        if visdom is not None:
+            visdom.log_epoch(epoch, record)
+        is_best = test_stats["top1"] > result.best_top1
+        result.best_top1 = max(result.best_top1, test_stats["top1"])
+        ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch + 1, optimizer=optimizer,
+                               scheduler=scheduler, masks=masks, best_top1=result.best_top1, metrics=record,
+                               device=device)
+        data = checkpoint_bytes(ckpt)
+        atomic_write_bytes(run / "last.pth", data)
+        if is_best:
+            atomic_write_bytes(run / "best.pth", data)
+        result.epochs_run += 1
+        result.last = test_stats
+    if keeper is not None:
+        keeper.detach()
+    return result
