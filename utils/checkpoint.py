@@ -55,8 +55,8 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
 
     info = {
         "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -95,8 +95,8 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
                   f"(lr {cfg.retrain.lr:g}; pruned weights held at zero)")
             result = fit(model, train_loader=data.train_loader, test_loader=data.test_loader, optim=cfg.retrain,
                          device=device, run=sub, arch=loaded.arch, config=config, seed=cfg.seed, masks=masks,
-                         visdom=None, print_freq=cfg.print_freq, extra_record={"prune_percent": percent},
-                         metrics_run=run)
+                         visdom=make_visdom(cfg, logger.active, title_prefix=f"p{percent:g} "),
+                         print_freq=cfg.print_freq, extra_record={"prune_percent": percent}, metrics_run=run)
             row.update(top1_finetuned=result.last["top1"], top5_finetuned=result.last["top5"],
                        best_top1_finetuned=result.best_top1, average_top1_finetuned=result.average_top1,
                        sparsity_finetuned=_summary(sparsity_report(model)))
@@ -111,7 +111,10 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
     run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": cfg.prune.method,
                                     "scope": cfg.prune.scope, "baseline": baseline, "rows": rows,
                                     "provenance": config["provenance"], "seed": cfg.seed})
-    logger.log_sweep([r["prune_percent"] for r in rows], [r["top1"] for r in rows])
+    ratios = [r["prune_percent"] for r in rows]
+    logger.log_sweep(ratios, [r["top1"] for r in rows])
+    if finetune:
+        logger.log_sweep(ratios, [r["top1_finetuned"] for r in rows], name="top1 (fine-tuned)")
     logger.log_text(table)
     print(f"Results: {run / 'results.md'}, {run / 'results.json'}")
     return 0

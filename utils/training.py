@@ -19,6 +19,7 @@ from utils.config import OptimConfig
 from utils.engine import evaluate, train_one_epoch
 from utils.run import RunDir
 
+PLOTTED = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")  # per-epoch visdom lines
 AVERAGE_OVER_LAST = 5  # epochs whose test top-1 is averaged in the closing summary, as the seed reported
 
 
@@ -113,7 +114,7 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
         metrics_run.append_metrics(record)
         result.history.append(record)
         if visdom is not None:
-            visdom.log_epoch(epoch, record)
+            visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
         is_best = test_stats["top1"] > result.best_top1
         result.best_top1 = max(result.best_top1, test_stats["top1"])
         ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch + 1, optimizer=optimizer,
