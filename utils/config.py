@@ -190,7 +190,10 @@ class _Validator:
         self.overridden = overridden
 
     def fail(self, key: str, message: str) -> UserError:
-        source = f"--set {key}" if key in self.overridden else f"{self.source}: {key}"
+        # A key inside an overridden section (``--set 'data={...}'``) came from the command line too.
+        parts = key.split(".")
+        from_set = any(".".join(parts[:i]) in self.overridden for i in range(1, len(parts) + 1))
+        source = f"--set {key}" if from_set else f"{self.source}: {key}"
         return UserError(f"{source}: {message}")
 
     def convert(self, tp: Any, value: Any, key: str) -> Any:
@@ -246,8 +249,15 @@ class _Validator:
                 continue
             else:
                 raise self.fail(key, f"missing; expected {_describe(hints[name])} ({f.metadata['doc']})")
-            converted = self.convert(hints[name], value, key)
             check, expect = f.metadata.get("check"), f.metadata.get("expect")
+            try:
+                converted = self.convert(hints[name], value, key)
+            except UserError:
+                if expect is None:
+                    raise
+                # The field's own description is the complete one (``prune.percent`` also takes a single number;
+                # ``data.mean`` needs 3 of them), and the whole value is what the user wrote.
+                raise self.fail(key, f"expected {expect}, got {json.dumps(value)}") from None
             if check is not None and not check(converted):
                 raise self.fail(key, f"expected {expect}, got {json.dumps(value)}")
             values[name] = converted
@@ -279,11 +289,13 @@ def _check_override_key(key: str) -> None:
     done: list[str] = []
     for part in key.split("."):
         fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if not fields:
+            raise UserError(f"--set {key}: {'.'.join(done)} is a value, not a section")
         if part not in fields:
             near = difflib.get_close_matches(part, fields, n=1)
             hint = f"; did you mean {_join('.'.join(done), near[0])}?" if near else ""
-            where = f" in section {'.'.join(done)}" if done and fields else ""
-            raise UserError(f"--set {key}: unknown key{where}{hint}")
+            where = f" in section {'.'.join(done)}" if done else ""
+            raise UserError(f"--set {key}: unknown key{where}{hint} (valid keys here: {', '.join(fields)})")
         cls = typing.get_type_hints(cls)[part]
         done.append(part)
 
@@ -309,7 +321,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     """Read an experiment file; every failure is one line naming the file (and line/column for bad JSON)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # editors on Windows may add a BOM
     except FileNotFoundError:
         raise UserError(f"{path}: experiment file not found; check the --json path") from None
     except IsADirectoryError:
@@ -374,5 +386,22 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+_REFERENCE_START, _REFERENCE_END = "<!-- config-reference:start", "<!-- config-reference:end -->"
+
+
+def readme_with_reference(text: str) -> str:
+    """``text`` (the README) with the block between the config-reference markers replaced by the current table."""
+    start = text.index(_REFERENCE_START)
+    start = text.index("\n", start) + 1
+    end = text.index(_REFERENCE_END)
+    return text[:start] + reference_markdown() + "\n" + text[end:]
+
+
 if __name__ == "__main__":
-    print(reference_markdown())
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        README.write_text(readme_with_reference(README.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(reference_markdown())
