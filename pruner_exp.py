@@ -24,6 +24,7 @@ def cli() -> int:
     args = get_args_parser().parse_args()
     from utils.config import load_config
     from utils.pruner import main
+    from utils.setup import check_names
 
     overrides = list(args.overrides)
     if args.prune_percent is not None:
@@ -32,6 +33,7 @@ def cli() -> int:
                 raise UserError(f"--prune_percent {p:g}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
         overrides.append(f"prune.percent={list(args.prune_percent)}")
     cfg = load_config(args.json, overrides)
+    check_names(cfg, args.json)
     return main(cfg, gpu=args.gpu, visdom=args.visdom)
 
 

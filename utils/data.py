@@ -179,7 +179,9 @@ def _cifar_files(train: bool) -> list[str]:
 
 
 def _cifar_missing(root: str, train: bool) -> list[str]:
-    return [f for f in _cifar_files(train) if not os.path.isfile(os.path.join(root, _CIFAR_DIR, f))]
+    """Files absent from the folder: the test split's always (every run evaluates), the training split's if asked."""
+    needed = dict.fromkeys(_cifar_files(False) + (_cifar_files(True) if train else []))
+    return [f for f in needed if not os.path.isfile(os.path.join(root, _CIFAR_DIR, f))]
 
 
 def _cifar_file_problem(path: str) -> str | None:

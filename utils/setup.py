@@ -121,7 +121,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
     A checkpoint of this tool brings its own architecture (a pruned model's widths) and masks; any other
     file is read as a state dict for the architecture the config names.
     """
-    from models import get_model
+    from models import get_model, list_models
     from models.loading import load_state_dict_strict, read_checkpoint_file, unwrap_state_dict
     from utils.checkpoint import is_toolkit_checkpoint
 
@@ -130,6 +130,8 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
     if is_toolkit_checkpoint(obj):
         return load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj)
     options = model_options(cfg, num_classes)
+    if m.arch not in list_models():  # else the option re-wrapping below would read "model.unknown model ..."
+        raise UserError(f"model.arch: unknown model {m.arch!r}; known models: {', '.join(list_models())}")
     try:
         model = get_model(m.arch, **options)
     except UserError as exc:  # the registry names the option; the user needs the config key

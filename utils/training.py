@@ -8,6 +8,7 @@ an interrupted run resumes exactly (model, optimizer, scheduler, epoch and RNG s
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,11 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.O
     """SGD with the configured momentum/weight decay and its per-epoch LR schedule."""
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum,
                                 weight_decay=optim.weight_decay, nesterov=optim.nesterov and optim.momentum > 0)
+    return optimizer, build_scheduler(optimizer, optim)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> Any:
+    """The per-epoch LR schedule ``optim`` describes, starting at epoch 0."""
     if optim.schedule == "multistep":
         scheduler: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones),
                                                               gamma=optim.gamma)
@@ -34,7 +40,26 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.O
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(optim.epochs, 1))
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return optimizer, scheduler
+    return scheduler
+
+
+def resume_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, epoch: int) -> Any:
+    """The experiment file's hyperparameters and LR schedule, advanced to ``epoch``, on a restored optimizer.
+
+    Replayed rather than loaded from the checkpoint: the saved optimizer and scheduler states carry the settings of
+    the file the run *started* with, so a run extended on resume (``train.epochs`` 1 -> 2 under ``cosine``, whose
+    ``T_max`` is the epoch count) would go on at the old schedule's end (lr 0), not as the file says. Replaying the
+    same file's schedule repeats the same float operations, so an interrupted run still resumes bit for bit.
+    """
+    for group in optimizer.param_groups:  # load_state_dict brought the saved values (momentum buffers stay)
+        group.update(lr=optim.lr, initial_lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                     nesterov=optim.nesterov and optim.momentum > 0)
+    scheduler = build_scheduler(optimizer, optim)
+    with warnings.catch_warnings():  # no optimizer.step() yet: the steps being replayed happened before the save
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        for _ in range(epoch):
+            scheduler.step()
+    return scheduler
 
 
 def format_epoch_line(epoch: int, train: dict[str, float], test: dict[str, float], seconds: float) -> str:
@@ -89,9 +114,8 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
     if resume is not None:
         if resume.get("optimizer"):
             optimizer.load_state_dict(resume["optimizer"])
-        if resume.get("scheduler"):
-            scheduler.load_state_dict(resume["scheduler"])
         start_epoch = int(resume.get("epoch", 0))
+        scheduler = resume_schedule(optimizer, optim, start_epoch)
         best_top1 = resume.get("best_top1") if resume.get("best_top1") is not None else best_top1
         if resume.get("rng"):
             restore_rng_state(resume["rng"])
