@@ -119,7 +119,7 @@ def test_experiment_names_are_unique():
 
 
 @pytest.mark.parametrize(("key", "value"), [("model.arch", "resnet21"), ("data.name", "cifar11"),
-                                            ("prune.method", "filter")])
+                                            ("prune.method", "channel")])
 def test_check_names_rejects_unregistered_names_and_lists_the_known_ones(key: str, value: str):
     section, name = key.split(".")
     cfg = from_dict(with_values(**{section: {name: value}}))

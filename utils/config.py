@@ -118,7 +118,9 @@ def _retrain_defaults() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = _opt("weight", "Pruning method: `weight` (magnitude weight pruning, Han et al. 2015).")
+    method: str = _opt("weight", "Pruning method: `weight` (magnitude weight pruning, Han et al. 2015), `filter` "
+                       "(L1-norm filter pruning with physical removal, Li et al. 2017) or `sensitivity` (prune each "
+                       "conv layer alone at `sensitivity_ratios` and evaluate: Li et al. Figure 2).")
     percent: list[float] = _opt([0.5], "Fraction of weights to prune, in [0, 1); several values make a sweep "
                                 "(a single number is accepted). `--prune_percent` overrides it.",
                                 check=lambda v: len(v) > 0 and all(0 <= p < 1 for p in v),
@@ -126,6 +128,31 @@ class PruneConfig:
     scope: str = _opt("layer_type", "Where a threshold applies: `layer_type` (one for all conv weights, one for all "
                       "linear weights: the seed's method), `global` (one for both) or `layer` (each layer its own).",
                       choices=("layer_type", "global", "layer"))
+    layers: list[str] = _opt([], "`filter`: conv layers to prune, by the names the README lists per model (`conv1` ... "
+                             "for VGG16-bn; `conv1` ... counted from the input, or stage names like `layer2`, for "
+                             "ResNets). Empty: every prunable layer.")
+    channels: list[int] | None = _opt(None, "`filter`: filters to remove from each of `prune.layers` (one count per "
+                                      "entry, or one for all).",
+                                      check=lambda v: v is None or (len(v) > 0 and all(c >= 0 for c in v)),
+                                      expect="a non-empty list of integers >= 0 or null")
+    ratios: list[float] | None = _opt(None, "`filter`: fraction of filters to remove from each of `prune.layers` "
+                                      "(one per entry, or one for all); instead of `prune.channels`.",
+                                      check=lambda v: v is None or (len(v) > 0 and all(0 <= r < 1 for r in v)),
+                                      expect="a non-empty list of numbers in [0, 1) or null")
+    strategy: str = _opt("independent", "`filter`: `independent` (every layer ranked on the original weights) or "
+                         "`greedy` (kernels on channels already removed from the previous layer are left out of the "
+                         "L1 sums; Li et al. sec. 3.3).", choices=("independent", "greedy"))
+    skip: list[str] = _opt([], "`filter`/`sensitivity`: layers to leave alone (e.g. the sensitive ones a "
+                           "sensitivity analysis found).")
+    sensitivity_ratios: list[float] = _opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                           "`sensitivity`: fractions of each layer's filters to remove, one at a time.",
+                                           check=lambda v: len(v) > 0 and all(0 < r < 1 for r in v),
+                                           expect="a non-empty list of numbers in (0, 1)")
+    sensitivity_tolerance: float = _opt(1.0, "`sensitivity`: a layer is marked sensitive when pruning "
+                                        "`sensitivity_at` of its filters costs more than this many top-1 points.",
+                                        check=_non_negative, expect="a number >= 0")
+    sensitivity_at: float = _opt(0.5, "`sensitivity`: the pruned fraction at which `sensitivity_tolerance` is "
+                                 "checked.", check=lambda v: 0 < v < 1, expect="a number in (0, 1)")
 
 
 @dataclass(frozen=True)

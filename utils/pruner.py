@@ -1,14 +1,24 @@
-"""``pruner_exp.py``: load a trained model, prune it at one or several ratios, evaluate, fine-tune, report.
+"""``pruner_exp.py``: load a trained model, prune it, evaluate, fine-tune, report.
 
-A sweep loads the data and the model once; every ratio starts from a copy of the unpruned model, so the
-rows of the table are independent of each other and of their order.
+``prune.method`` picks a runner:
+
+- ``weight``: a sweep over ``prune.percent``. The data and the model are loaded once; every ratio starts from a
+  copy of the unpruned model, so the rows of the table are independent of each other and of their order.
+- ``filter``: one physical filter-pruning run with the before/after report (parameters, MACs, size, accuracy,
+  latency).
+- ``sensitivity``: every conv layer pruned alone at several ratios and evaluated without retraining.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb, provenance
@@ -16,9 +26,82 @@ from utils.config import ExperimentConfig
 from utils.engine import evaluate
 from utils.errors import UserError
 from utils.run import RunDir
-from utils.setup import build_data, build_model, seed_everything, select_device
-from utils.trainer import make_visdom
-from utils.training import fit
+from utils.setup import Data, LoadedModel, build_data, build_model, make_visdom, seed_everything, select_device
+from utils.training import FitResult, fit
+
+
+@dataclass
+class Session:
+    """Everything a runner needs, built once by :func:`main`."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    data: Data
+    loaded: LoadedModel
+    run: RunDir
+    config: dict[str, Any]  # the resolved config with provenance, as saved in config.json and checkpoints
+    logger: Any
+
+    def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
+        return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
+
+    def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
+                 prefix: str = "", extra: dict[str, Any] | None = None) -> FitResult:
+        cfg = self.cfg
+        print(f"Retraining for {cfg.retrain.epochs} epochs (lr {cfg.retrain.lr:g}"
+              + ("; pruned weights held at zero)" if masks else ")"))
+        return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader, optim=cfg.retrain,
+                   device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed, masks=masks,
+                   visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix), print_freq=cfg.print_freq,
+                   extra_record=extra, metrics_run=self.run)
+
+    def save_pruned(self, model: nn.Module, path: str, *, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
+                    metrics: dict[str, float]) -> str:
+        ckpt = make_checkpoint(model=model, arch=arch, config=self.config, masks=masks, metrics=metrics,
+                               device=self.device)
+        atomic_torch_save(ckpt, self.run / path)
+        return str(self.run / path)
+
+
+RUNNERS: dict[str, Callable[[Session], None]] = {}
+
+
+def register_runner(name: str) -> Callable[[Callable[[Session], None]], Callable[[Session], None]]:
+    def decorator(fn: Callable[[Session], None]) -> Callable[[Session], None]:
+        RUNNERS[name] = fn
+        return fn
+
+    return decorator
+
+
+def runner_names() -> list[str]:
+    return sorted(RUNNERS)
+
+
+def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False) -> int:
+    if cfg.prune.method not in RUNNERS:
+        raise UserError(f"prune.method: unknown method {cfg.prune.method!r}; known: {', '.join(runner_names())}")
+    if cfg.model.checkpoint is None and not cfg.model.pretrained:
+        raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
+                        "model.pretrained: true for torchvision models")
+    device = select_device(gpu)
+    seed_everything(cfg.seed)
+    retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
+    data = build_data(cfg, train=retrains, pin_memory=device.type == "cuda")
+    loaded = build_model(cfg, data.num_classes)
+    loaded.model.to(device)
+    run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
+    print(f"Run directory: {run.path}")
+    config = {**cfg.to_dict(), "provenance": provenance(device)}
+    run.write_json("config.json", config)
+    session = Session(cfg=cfg, device=device, data=data, loaded=loaded, run=run, config=config,
+                      logger=make_visdom(cfg, visdom))
+    RUNNERS[cfg.prune.method](session)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Magnitude weight pruning: a sweep over ratios
 
 
 def format_layer_sweep_table(rows: list[dict[str, Any]]) -> str:
@@ -39,64 +122,36 @@ def format_layer_sweep_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _method_options(cfg: ExperimentConfig, percent: float) -> dict[str, Any]:
-    """Config -> the keyword arguments of the registered method (the config never reaches library code)."""
-    if cfg.prune.method == "weight":
-        return {"percent": percent, "scope": cfg.prune.scope}
-    return {"percent": percent}
+@register_runner("weight")
+def run_weight_sweep(s: Session) -> None:
+    from pruning import format_sweep_table, prune_weights, sparsity_report
 
-
-def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False) -> int:
-    from pruning import format_sweep_table, get_method, sparsity_report
-
-    method = get_method(cfg.prune.method)
-    if cfg.model.checkpoint is None and not cfg.model.pretrained:
-        raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
-                        "model.pretrained: true for torchvision models")
-    device = select_device(gpu)
-    seed_everything(cfg.seed)
-    finetune = cfg.retrain.epochs > 0
-    data = build_data(cfg, train=finetune, pin_memory=device.type == "cuda")
-    loaded = build_model(cfg, data.num_classes)
-    original = loaded.model.to(device)
-    run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
-    print(f"Run directory: {run.path}")
-    config = {**cfg.to_dict(), "provenance": provenance(device)}
-    run.write_json("config.json", config)
-    logger = make_visdom(cfg, visdom)
-    criterion = nn.CrossEntropyLoss()
-
-    base = evaluate(original, data.test_loader, criterion, device, desc="baseline")
+    cfg, original = s.cfg, s.loaded.model
+    base = s.evaluate(original, "baseline")
     baseline = {"top1": base["top1"], "top5": base["top5"], "loss": base["loss"],
                 "size_kb": model_size_kb(original), "sparsity": _summary(sparsity_report(original))}
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
-    run.append_metrics({"phase": "baseline", **base})
+    s.run.append_metrics({"phase": "baseline", **base})
 
     rows: list[dict[str, Any]] = []
     for percent in cfg.prune.percent:
         model = copy.deepcopy(original)
-        outcome = method(model, **_method_options(cfg, percent))
-        stats = evaluate(model, data.test_loader, criterion, device, desc=f"pruned {percent:g}")
+        outcome = prune_weights(model, percent=percent, scope=cfg.prune.scope)
+        stats = s.evaluate(model, f"pruned {percent:g}")
         report = sparsity_report(model)
-        row: dict[str, Any] = {
-            "prune_percent": percent, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
-            "thresholds": dict(getattr(outcome, "thresholds", {})), "sparsity": report,
-        }
         print(f"Pruned {percent:g}: Top1 {stats['top1']:.2f}, Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}, "
               f"conv sparsity {_pct(report.get('conv'))}, fc sparsity {_pct(report.get('fc'))}")
-        run.append_metrics({"phase": "pruned", "prune_percent": percent, **stats})
-        masks = dict(outcome.masks) or None
-        sub = RunDir(run / f"p{percent:g}")
-        ckpt = make_checkpoint(model=model, arch=loaded.arch, config=config, masks=masks, metrics=stats, device=device)
-        atomic_torch_save(ckpt, sub / "pruned.pth")
-        row["checkpoint"] = str(sub / "pruned.pth")
-        if finetune:
-            print(f"Fine-tuning the {percent:g}-pruned model for {cfg.retrain.epochs} epochs "
-                  f"(lr {cfg.retrain.lr:g}; pruned weights held at zero)")
-            result = fit(model, train_loader=data.train_loader, test_loader=data.test_loader, optim=cfg.retrain,
-                         device=device, run=sub, arch=loaded.arch, config=config, seed=cfg.seed, masks=masks,
-                         visdom=make_visdom(cfg, logger.active, title_prefix=f"p{percent:g} "),
-                         print_freq=cfg.print_freq, extra_record={"prune_percent": percent}, metrics_run=run)
+        s.run.append_metrics({"phase": "pruned", "prune_percent": percent, **stats})
+        masks = dict(outcome.masks)
+        row: dict[str, Any] = {
+            "prune_percent": percent, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
+            "thresholds": dict(outcome.thresholds), "sparsity": report,
+            "checkpoint": s.save_pruned(model, f"p{percent:g}/pruned.pth", arch=s.loaded.arch, masks=masks,
+                                        metrics=stats),
+        }
+        if cfg.retrain.epochs > 0:
+            result = s.finetune(model, run=RunDir(s.run / f"p{percent:g}"), arch=s.loaded.arch, masks=masks,
+                                prefix=f"p{percent:g} ", extra={"prune_percent": percent})
             row.update(top1_finetuned=result.last["top1"], top5_finetuned=result.last["top5"],
                        best_top1_finetuned=result.best_top1, average_top1_finetuned=result.average_top1,
                        sparsity_finetuned=_summary(sparsity_report(model)))
@@ -105,19 +160,18 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
 
     table = format_sweep_table(baseline["top1"], rows)
     layer_table = format_layer_sweep_table(rows)
-    title = f"## {cfg.name}: {cfg.model.arch}, {cfg.prune.method} pruning, scope {cfg.prune.scope}"
+    title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}"
     print(f"\n{title}\n\n{table}\n\nPer-layer sparsity (%):\n\n{layer_table}\n")
-    run.write_text("results.md", f"{title}\n\n{table}\n\n### Per-layer sparsity (%)\n\n{layer_table}\n")
-    run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": cfg.prune.method,
-                                    "scope": cfg.prune.scope, "baseline": baseline, "rows": rows,
-                                    "provenance": config["provenance"], "seed": cfg.seed})
+    s.run.write_text("results.md", f"{title}\n\n{table}\n\n### Per-layer sparsity (%)\n\n{layer_table}\n")
+    s.run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": "weight",
+                                      "scope": cfg.prune.scope, "baseline": baseline, "rows": rows,
+                                      "provenance": s.config["provenance"], "seed": cfg.seed})
     ratios = [r["prune_percent"] for r in rows]
-    logger.log_sweep(ratios, [r["top1"] for r in rows])
-    if finetune:
-        logger.log_sweep(ratios, [r["top1_finetuned"] for r in rows], name="top1 (fine-tuned)")
-    logger.log_text(table)
-    print(f"Results: {run / 'results.md'}, {run / 'results.json'}")
-    return 0
+    s.logger.log_sweep(ratios, [r["top1"] for r in rows])
+    if cfg.retrain.epochs > 0:
+        s.logger.log_sweep(ratios, [r["top1_finetuned"] for r in rows], name="top1 (fine-tuned)")
+    s.logger.log_text(table)
+    print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")
 
 
 def _pct(value: float | None) -> str:
@@ -126,3 +180,130 @@ def _pct(value: float | None) -> str:
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "layers"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# L1-norm filter pruning with physical removal
+
+
+def _example_input(s: Session) -> torch.Tensor:
+    return torch.randn(1, *s.data.input_size, device=s.device)
+
+
+def _filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    p = cfg.prune
+    return {"layers": list(p.layers), "channels": p.channels, "ratios": p.ratios, "strategy": p.strategy,
+            "skip": list(p.skip)}
+
+
+def format_before_after(before: dict[str, Any], after: dict[str, Any], reduction: dict[str, Any]) -> str:
+    """The filter-pruning report as a markdown table: one row per measure, before / after / reduction."""
+    rows = [("parameters", "params", "{:,.0f}"), ("MACs", "macs", "{:,.0f}"), ("size (KB)", "size_kb", "{:,.0f}"),
+            ("top-1 (%)", "top1", "{:.2f}"), ("top-5 (%)", "top5", "{:.2f}")]
+    lines = ["| | before | after | reduction |", "|---|---|---|---|"]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | {fmt.format(before[key])} | {fmt.format(after[key])} | {reduction[key]:+.1f}% |")
+    for batch, ms in before.get("latency_ms", {}).items():
+        lines.append(f"| latency, batch {batch} (ms) | {ms:.2f} | {after['latency_ms'][batch]:.2f} | "
+                     f"{reduction['latency_ms'][batch]:+.1f}% |")
+    return "\n".join(lines)
+
+
+@register_runner("filter")
+def run_filter(s: Session) -> None:
+    from pruning import prune_filters
+    from utils.profile import profile_model, reduction
+
+    cfg, model = s.cfg, s.loaded.model
+    base = s.evaluate(model, "before")
+    print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
+    s.run.append_metrics({"phase": "before", **base})
+    before = {**profile_model(model, s.data.input_size, device=s.device), "top1": base["top1"], "top5": base["top5"]}
+
+    outcome = prune_filters(model, **_filter_options(cfg), example_input=_example_input(s))
+    arch = {**s.loaded.arch, "shapes": outcome.shapes}
+    for layer, (old, new) in outcome.widths.items():
+        print(f"  {layer}: {old} -> {new} filters")
+    pruned = s.evaluate(model, "pruned")
+    print(f"Pruned, before retraining: Top1 {pruned['top1']:.2f}, Top5 {pruned['top5']:.2f}, "
+          f"Loss {pruned['loss']:.4f}")
+    s.run.append_metrics({"phase": "pruned", **pruned})
+    checkpoint = s.save_pruned(model, "pruned.pth", arch=arch, masks=None, metrics=pruned)
+
+    final, average = pruned, None
+    if cfg.retrain.epochs > 0:
+        result = s.finetune(model, run=s.run, arch=arch, masks=None, prefix="retrain ")
+        final, average = result.last, result.average_top1
+        print(f"\nAverage test accuracy: {average:.4f}")
+    after = {**profile_model(model, s.data.input_size, device=s.device), "top1": final["top1"], "top5": final["top5"]}
+    change = reduction(before, after)
+    table = format_before_after(before, after, change)
+    print(f"Model size: {before['size_kb']:.0f} Kb -> {after['size_kb']:.0f} Kb\n\n{table}\n")
+    s.run.write_text("results.md", f"## {cfg.name}: {cfg.model.arch}, L1-norm filter pruning "
+                                   f"({cfg.prune.strategy})\n\n{table}\n")
+    s.run.write_json("results.json", {
+        "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
+        "before": before, "after": after, "reduction_percent": change,
+        "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
+        "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,
+        "checkpoint": checkpoint, "provenance": s.config["provenance"], "seed": cfg.seed,
+    })
+    s.logger.log_text(table)
+    print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sensitivity analysis (Li et al. Figure 2)
+
+
+@register_runner("sensitivity")
+def run_sensitivity(s: Session) -> None:
+    from pruning import prunable_layers, prune_filters
+    from utils.plots import plot_lines
+
+    cfg, original = s.cfg, s.loaded.model
+    p = cfg.prune
+    base = s.evaluate(original, "baseline")
+    print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}")
+    example = _example_input(s)
+    names = list(p.layers) or list(prunable_layers(original))
+    unknown = [n for n in list(p.skip) if n not in prunable_layers(original)]
+    if unknown:
+        raise UserError(f"prune.skip: unknown layer(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(prunable_layers(original))}")
+    names = [n for n in names if n not in set(p.skip)]
+    ratios = sorted(p.sensitivity_ratios)
+    curves: dict[str, dict[str, Any]] = {}
+    for layer in names:
+        top1, top5, widths = [], [], []
+        for ratio in ratios:
+            model = copy.deepcopy(original)
+            outcome = prune_filters(model, layers=[layer], ratios=[ratio], example_input=example)
+            stats = s.evaluate(model, f"{layer} {ratio:g}")
+            top1.append(stats["top1"])
+            top5.append(stats["top5"])
+            widths.append(list(next(iter(outcome.widths.values()))))
+            s.run.append_metrics({"phase": "sensitivity", "layer": layer, "ratio": ratio, **stats})
+        curves[layer] = {"filters": widths[0][0], "kept": [w[1] for w in widths], "top1": top1, "top5": top5}
+        print(f"{layer:>12}: " + " ".join(f"{a:6.2f}" for a in top1))
+        s.logger.log_sweep(ratios, top1, name=layer, win="sensitivity")
+
+    at = min(ratios, key=lambda r: abs(r - p.sensitivity_at))
+    sensitive = [n for n, c in curves.items() if base["top1"] - c["top1"][ratios.index(at)] > p.sensitivity_tolerance]
+    result = {"baseline": base, "ratios": ratios, "layers": curves, "tolerance": p.sensitivity_tolerance,
+              "checked_at": at, "sensitive": sensitive, "provenance": s.config["provenance"]}
+    s.run.write_json("sensitivity.json", result)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["layer", "filters", "ratio", "filters_kept", "top1", "top5"])
+    for layer, c in curves.items():
+        for i, ratio in enumerate(ratios):
+            writer.writerow([layer, c["filters"], ratio, c["kept"][i], f"{c['top1'][i]:.4f}", f"{c['top5'][i]:.4f}"])
+    s.run.write_text("sensitivity.csv", buffer.getvalue())
+    plot_lines(s.run / "sensitivity.png",
+               {layer: ([100 * r for r in ratios], c["top1"]) for layer, c in curves.items()},
+               title=f"{cfg.model.arch}: pruning each layer alone (smallest L1 first)",
+               xlabel="filters pruned away (%)", ylabel="top-1 (%)", hlines={"baseline": base["top1"]})
+    print(f"\nSensitive at {at:g} (drop > {p.sensitivity_tolerance:g} points): {', '.join(sensitive) or 'none'}")
+    print(f'Use them as "prune.skip": {sensitive}')
+    print(f"Results: {s.run / 'sensitivity.json'}, {s.run / 'sensitivity.csv'}, {s.run / 'sensitivity.png'}")

@@ -31,6 +31,14 @@ def select_device(gpu: int | None) -> torch.device:
     return torch.device(f"cuda:{gpu}")
 
 
+def make_visdom(cfg: ExperimentConfig, enabled: bool, title_prefix: str = "") -> Any:
+    """The visdom logger for ``cfg.visdom`` (a no-op when not ``enabled``)."""
+    from utils.visdom_logger import VisdomLogger
+
+    v = cfg.visdom
+    return VisdomLogger(enabled=enabled, host=v.host, port=v.port, env=v.env or cfg.name, title_prefix=title_prefix)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -40,6 +48,7 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class Data:
     num_classes: int
+    input_size: tuple[int, int, int]  # C, H, W the model sees
     train_loader: Any
     test_loader: Any
 
@@ -54,7 +63,8 @@ def build_data(cfg: ExperimentConfig, *, train: bool, pin_memory: bool = False) 
                             image_size=d.image_size)
     train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=d.workers, seed=cfg.seed,
                                               test_batch_size=d.test_batch_size, pin_memory=pin_memory)
-    return Data(num_classes=bundle.num_classes, train_loader=train_loader, test_loader=test_loader)
+    return Data(num_classes=bundle.num_classes, input_size=bundle.input_size, train_loader=train_loader,
+                test_loader=test_loader)
 
 
 @dataclass
@@ -86,11 +96,11 @@ def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
 def check_names(cfg: ExperimentConfig, source: str) -> None:
     """Check the registry names in the config (model, dataset, pruning method) before any work starts."""
     from models import list_models
-    from pruning import list_methods
     from utils.data import dataset_names
+    from utils.pruner import runner_names
 
     for key, value, known in (("model.arch", cfg.model.arch, list_models()), ("data.name", cfg.data.name,
-                              dataset_names()), ("prune.method", cfg.prune.method, list_methods())):
+                              dataset_names()), ("prune.method", cfg.prune.method, runner_names())):
         if value not in known:
             raise UserError(f"{source}: {key}: unknown name {value!r}; known: {', '.join(known)}")
 

@@ -11,15 +11,15 @@ from utils.config import ExperimentConfig
 from utils.engine import evaluate
 from utils.errors import UserError
 from utils.run import RunDir
-from utils.setup import build_data, build_model, load_toolkit_checkpoint, seed_everything, select_device
+from utils.setup import (
+    build_data,
+    build_model,
+    load_toolkit_checkpoint,
+    make_visdom,
+    seed_everything,
+    select_device,
+)
 from utils.training import fit
-
-
-def make_visdom(cfg: ExperimentConfig, enabled: bool, title_prefix: str = ""):
-    from utils.visdom_logger import VisdomLogger
-
-    v = cfg.visdom
-    return VisdomLogger(enabled=enabled, host=v.host, port=v.port, env=v.env or cfg.name, title_prefix=title_prefix)
 
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
