@@ -20,11 +20,12 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from utils.checkpoint import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["DPI", "FIGSIZE", "plot_bars", "plot_lines"]
@@ -120,7 +121,8 @@ def _figure(entries: Sequence[str]) -> tuple[Figure, int]:
     return fig, columns
 
 
-def _colors(count: int) -> list:
+def _colors(count: int) -> list[Any]:
+    """Colours for ``count`` series: the default cycle while it has enough, else samples of a colour map."""
     import matplotlib as mpl
 
     if count <= MAX_CYCLE_COLORS:
@@ -130,7 +132,7 @@ def _colors(count: int) -> list:
     return [cmap(0.05 + 0.9 * index / (count - 1)) for index in range(count)]
 
 
-def _decorate(ax, *, title: str, xlabel: str | None, ylabel: str) -> None:
+def _decorate(ax: Axes, *, title: str, xlabel: str | None, ylabel: str) -> None:
     ax.set_title(title)
     if xlabel is not None:
         ax.set_xlabel(xlabel)

@@ -35,6 +35,7 @@ from torch import nn
 from utils.checkpoint import model_size_kb
 
 __all__ = [
+    "SETTINGS_KEYS",
     "count_macs",
     "count_params",
     "default_batch_sizes",
@@ -49,6 +50,8 @@ __all__ = [
 # machine; 256 on a GPU, the usual CIFAR evaluation batch, where smaller batches underuse the device.
 CPU_BATCH_SIZES: tuple[int, ...] = (1, 64)
 CUDA_BATCH_SIZES: tuple[int, ...] = (1, 256)
+# Numbers in a profile that describe how it was measured, not what the model costs: reduction() skips them.
+SETTINGS_KEYS = frozenset({"num_threads"})
 
 
 def count_params(model: nn.Module) -> int:
@@ -151,13 +154,14 @@ def reduction(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, 
     """Percent reduction ``(before - after) / before * 100`` for every number in both profiles.
 
     Nested dicts (``latency_ms``) are compared key by key. Keys present in only one profile (latency
-    measured for one model only, different batch sizes) and non-numbers (``device``) are left out, so the
-    result says exactly what was compared. A negative value is a growth. ``before == 0`` is only
-    meaningful when ``after`` is 0 too (0% change); otherwise it is a ValueError.
+    measured for one model only, different batch sizes), non-numbers (``device``) and measurement
+    settings (``SETTINGS_KEYS``: ``num_threads``) are left out, so the result says exactly what was
+    compared. A negative value is a growth. ``before == 0`` is only meaningful when ``after`` is 0 too
+    (0% change); otherwise it is a ValueError.
     """
     result: dict[str, Any] = {}
     for key, old in before.items():
-        if key not in after:
+        if key not in after or key in SETTINGS_KEYS:
             continue
         new = after[key]
         if isinstance(old, Mapping) and isinstance(new, Mapping):
