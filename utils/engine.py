@@ -30,7 +30,7 @@ def _progress(loader: Iterable, desc: str) -> tuple[Iterable, Any]:
     return loader, None
 
 
-class _Meter:
+class Meter:
     """Sums of loss and correct predictions, kept on the device so a step never waits for the GPU."""
 
     def __init__(self, device: torch.device):
@@ -72,7 +72,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     need to know whether the model is pruned.
     """
     model.train()
-    meter = _Meter(device)
+    meter = Meter(device)
     start = time.perf_counter()
     iterator, bar = _progress(loader, f"epoch {epoch} train")
     for step, (images, target) in enumerate(iterator, start=1):
@@ -98,7 +98,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     return stats
 
 
-def check_finite(meter: _Meter, epoch: int) -> None:
+def check_finite(meter: Meter, epoch: int) -> None:
     """Raise :class:`TrainingDiverged` naming the epoch and step where the loss first became NaN/inf."""
     step = int(meter.first_bad_step.item())
     if step >= 0:
@@ -112,7 +112,7 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: t
              *, desc: str = "test") -> dict[str, float]:
     """Mean loss, top-1 and top-5 (in %) of ``model`` over ``loader`` in eval mode."""
     model.eval()
-    meter = _Meter(device)
+    meter = Meter(device)
     iterator, _ = _progress(loader, desc)
     for images, target in iterator:
         images = images.to(device, non_blocking=True)

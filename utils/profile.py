@@ -24,6 +24,7 @@ knows; :func:`count_macs` halves that. What it counts, and hence what MACs here 
 from __future__ import annotations
 
 import platform
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from numbers import Real
@@ -122,6 +123,28 @@ def measure_latency(model: nn.Module, input_size: Sequence[int], *, batch_sizes:
             measurement = timer.blocked_autorange(min_run_time=min_run_time)
             latencies[batch_size] = measurement.median * 1e3
     return latencies
+
+
+def compare_latency(models: Mapping[str, nn.Module], input_size: Sequence[int], *,
+                    device: torch.device | str | None = None, batch_sizes: Sequence[int] | None = None,
+                    rounds: int = 3, min_run_time: float = 0.5, num_threads: int | None = None) -> dict[str, Any]:
+    """Latency of several models measured side by side: ``rounds`` passes, each timing every model in turn,
+    and the median per model and batch size. Load on the machine then affects all models alike, so their ratio
+    is trustworthy even where absolute CPU timings drift (see :func:`measure_latency`).
+
+    Returns ``{name: {"latency_ms": {"1": ms, ...}, "device": ..., "num_threads": ...}}``.
+    """
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    samples: dict[str, dict[int, list[float]]] = {name: {} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times = measure_latency(model, input_size, batch_sizes=batch_sizes, device=device,
+                                    min_run_time=min_run_time, num_threads=threads)
+            for batch_size, ms in times.items():
+                samples[name].setdefault(batch_size, []).append(ms)
+    return {name: {"latency_ms": {str(b): statistics.median(v) for b, v in per_batch.items()},
+                   "device": _device_name(_placement(models[name], device)[0]), "num_threads": threads}
+            for name, per_batch in samples.items()}
 
 
 def profile_model(model: nn.Module, input_size: Sequence[int], *, device: torch.device | str | None = None,

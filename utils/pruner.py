@@ -90,6 +90,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
     data = build_data(cfg, train=retrains, pin_memory=device.type == "cuda")
     loaded = build_model(cfg, data.num_classes)
     loaded.model.to(device)
+    check_prune_spec(cfg, loaded.model, torch.zeros(1, *data.input_size, device=device))
     run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
     print(f"Run directory: {run.path}")
     config = {**cfg.to_dict(), "provenance": provenance(device)}
@@ -98,6 +99,25 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
                       logger=make_visdom(cfg, visdom))
     RUNNERS[cfg.prune.method](session)
     return 0
+
+
+def check_prune_spec(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> None:
+    """Raise the UserError a filter/sensitivity run would raise for its layer spec (unknown layer, too many
+    filters, coupled layers, a layer that cannot be pruned alone), before the run directory exists: a mistake
+    then leaves no half-made run behind and costs no evaluation first. A filter spec is tried on a copy of
+    ``model``; the model itself is not touched."""
+    from pruning import prunable_layers, prune_filters
+
+    p = cfg.prune
+    if p.method == "filter":
+        prune_filters(copy.deepcopy(model), **_filter_options(cfg), example_input=example)
+    elif p.method == "sensitivity":
+        alone = prunable_layers(model, example, alone=True)
+        for key, given in (("prune.layers", p.layers), ("prune.skip", p.skip)):
+            unknown = [n for n in list(given) if n not in alone]
+            if unknown:
+                raise UserError(f"{key}: {', '.join(unknown)}: not a layer that can be pruned alone, as a sensitivity "
+                                f"analysis prunes each; those that can: {', '.join(alone)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,28 +217,31 @@ def _filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def format_before_after(before: dict[str, Any], after: dict[str, Any], reduction: dict[str, Any]) -> str:
-    """The filter-pruning report as a markdown table: one row per measure, before / after / reduction."""
-    rows = [("parameters", "params", "{:,.0f}"), ("MACs", "macs", "{:,.0f}"), ("size (KB)", "size_kb", "{:,.0f}"),
-            ("top-1 (%)", "top1", "{:.2f}"), ("top-5 (%)", "top5", "{:.2f}")]
-    lines = ["| | before | after | reduction |", "|---|---|---|---|"]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | {fmt.format(before[key])} | {fmt.format(after[key])} | {reduction[key]:+.1f}% |")
+    """The filter-pruning report as a markdown table: one row per measure, before / after / change
+    (relative for costs, in points for accuracy)."""
+    lines = ["| | before | after | change |", "|---|---|---|---|"]
+    for label, key in (("parameters", "params"), ("MACs", "macs"), ("size (KB)", "size_kb")):
+        lines.append(f"| {label} | {before[key]:,.0f} | {after[key]:,.0f} | {-reduction[key]:+.1f}% |")
+    for label, key in (("top-1 (%)", "top1"), ("top-5 (%)", "top5")):
+        lines.append(f"| {label} | {before[key]:.2f} | {after[key]:.2f} | {after[key] - before[key]:+.2f} points |")
     for batch, ms in before.get("latency_ms", {}).items():
-        lines.append(f"| latency, batch {batch} (ms) | {ms:.2f} | {after['latency_ms'][batch]:.2f} | "
-                     f"{reduction['latency_ms'][batch]:+.1f}% |")
+        lines.append(f"| latency, batch {batch} (ms, {before.get('device', '?')}) | {ms:.2f} | "
+                     f"{after['latency_ms'][batch]:.2f} | {-reduction['latency_ms'][batch]:+.1f}% |")
     return "\n".join(lines)
 
 
 @register_runner("filter")
 def run_filter(s: Session) -> None:
     from pruning import prune_filters
-    from utils.profile import profile_model, reduction
+    from utils.profile import compare_latency, profile_model, reduction
 
     cfg, model = s.cfg, s.loaded.model
     base = s.evaluate(model, "before")
     print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
     s.run.append_metrics({"phase": "before", **base})
-    before = {**profile_model(model, s.data.input_size, device=s.device), "top1": base["top1"], "top5": base["top5"]}
+    before = {**profile_model(model, s.data.input_size, device=s.device, latency=False),
+              "top1": base["top1"], "top5": base["top5"]}
+    original = copy.deepcopy(model)  # kept for timing both side by side at the end
 
     outcome = prune_filters(model, **_filter_options(cfg), example_input=_example_input(s))
     arch = {**s.loaded.arch, "shapes": outcome.shapes}
@@ -235,7 +258,11 @@ def run_filter(s: Session) -> None:
         result = s.finetune(model, run=s.run, arch=arch, masks=None, prefix="retrain ")
         final, average = result.last, result.average_top1
         print(f"\nAverage test accuracy: {average:.4f}")
-    after = {**profile_model(model, s.data.input_size, device=s.device), "top1": final["top1"], "top5": final["top5"]}
+    after = {**profile_model(model, s.data.input_size, device=s.device, latency=False),
+             "top1": final["top1"], "top5": final["top5"]}
+    timings = compare_latency({"before": original, "after": model}, s.data.input_size, device=s.device)
+    before.update(timings["before"])
+    after.update(timings["after"])
     change = reduction(before, after)
     table = format_before_after(before, after, change)
     print(f"Model size: {before['size_kb']:.0f} Kb -> {after['size_kb']:.0f} Kb\n\n{table}\n")
@@ -258,7 +285,8 @@ def run_filter(s: Session) -> None:
 
 @register_runner("sensitivity")
 def run_sensitivity(s: Session) -> None:
-    from pruning import prunable_layers, prune_filters
+    from pruning import analyse, prunable_layers
+    from pruning.sensitivity import layer_sensitivity
     from utils.plots import plot_lines
 
     cfg, original = s.cfg, s.loaded.model
@@ -266,25 +294,18 @@ def run_sensitivity(s: Session) -> None:
     base = s.evaluate(original, "baseline")
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}")
     example = _example_input(s)
-    names = list(p.layers) or list(prunable_layers(original))
-    unknown = [n for n in list(p.skip) if n not in prunable_layers(original)]
-    if unknown:
-        raise UserError(f"prune.skip: unknown layer(s) {', '.join(unknown)}; valid: "
-                        f"{', '.join(prunable_layers(original))}")
+    names = list(p.layers) or list(prunable_layers(original, example, alone=True))  # checked by check_prune_spec
     names = [n for n in names if n not in set(p.skip)]
     ratios = sorted(p.sensitivity_ratios)
+    graph = analyse(original, example)
     curves: dict[str, dict[str, Any]] = {}
     for layer in names:
-        top1, top5, widths = [], [], []
-        for ratio in ratios:
-            model = copy.deepcopy(original)
-            outcome = prune_filters(model, layers=[layer], ratios=[ratio], example_input=example)
-            stats = s.evaluate(model, f"{layer} {ratio:g}")
-            top1.append(stats["top1"])
-            top5.append(stats["top5"])
-            widths.append(list(next(iter(outcome.widths.values()))))
-            s.run.append_metrics({"phase": "sensitivity", "layer": layer, "ratio": ratio, **stats})
-        curves[layer] = {"filters": widths[0][0], "kept": [w[1] for w in widths], "top1": top1, "top5": top5}
+        points = layer_sensitivity(original, layer, ratios, s.data.test_loader, s.device, graph=graph)
+        for point in points:
+            s.run.append_metrics({"phase": "sensitivity", "layer": layer, **point})
+        top1 = [p["top1"] for p in points]
+        curves[layer] = {"filters": points[0]["filters"], "kept": [p["kept"] for p in points], "top1": top1,
+                         "top5": [p["top5"] for p in points]}
         print(f"{layer:>12}: " + " ".join(f"{a:6.2f}" for a in top1))
         s.logger.log_sweep(ratios, top1, name=layer, win="sensitivity")
 

@@ -88,9 +88,16 @@ def model_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 
 
 def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
+    """Build the model ``arch`` describes: registry name and options, then, for a physically pruned model,
+    the per-module sizes in ``arch["shapes"]`` (see :func:`pruning.surgery.pruned_shapes`)."""
     from models import get_model
 
-    return get_model(arch["name"], **arch["options"])
+    model = get_model(arch["name"], **arch["options"])
+    if arch.get("shapes"):
+        from pruning.surgery import apply_shapes
+
+        apply_shapes(model, arch["shapes"])
+    return model
 
 
 def check_names(cfg: ExperimentConfig, source: str) -> None:
