@@ -80,7 +80,7 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     masks = torch.ones(len(ratios), group.channels)
     kept = []
     for i, ratio in enumerate(ratios):
-        gone = filters_to_remove(group.channels, ratio)
+        gone = min(filters_to_remove(group.channels, ratio), group.channels - 1)  # a layer keeps one filter
         masks[i, order[:gone]] = 0.0
         kept.append(group.channels - gone)
     masks = masks.to(device)
