@@ -41,6 +41,7 @@ class Session:
     run: RunDir
     config: dict[str, Any]  # the resolved config with provenance, as saved in config.json and checkpoints
     logger: Any
+    prepared: Any = None  # what prepare_pruning made while checking the spec (filter: the pruned copy, outcome)
 
     def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
@@ -90,27 +91,31 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
     data = build_data(cfg, train=retrains, pin_memory=device.type == "cuda")
     loaded = build_model(cfg, data.num_classes)
     loaded.model.to(device)
-    check_prune_spec(cfg, loaded.model, torch.zeros(1, *data.input_size, device=device))
+    prepared = prepare_pruning(cfg, loaded.model, _example_input(data.input_size, device))
     run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
     print(f"Run directory: {run.path}")
     config = {**cfg.to_dict(), "provenance": provenance(device)}
     run.write_json("config.json", config)
     session = Session(cfg=cfg, device=device, data=data, loaded=loaded, run=run, config=config,
-                      logger=make_visdom(cfg, visdom))
+                      logger=make_visdom(cfg, visdom), prepared=prepared)
     RUNNERS[cfg.prune.method](session)
     return 0
 
 
-def check_prune_spec(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> None:
+def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> Any:
     """Raise the UserError a filter/sensitivity run would raise for its layer spec (unknown layer, too many
     filters, coupled layers, a layer that cannot be pruned alone), before the run directory exists: a mistake
-    then leaves no half-made run behind and costs no evaluation first. A filter spec is tried on a copy of
-    ``model``; the model itself is not touched."""
+    then leaves no half-made run behind and costs no evaluation first.
+
+    A filter spec is checked by applying it to a copy of ``model`` (the model itself is not touched); that
+    pruned copy and its outcome are returned for the run to use, so the pruning is done once.
+    """
     from pruning import prunable_layers, prune_filters
 
     p = cfg.prune
     if p.method == "filter":
-        prune_filters(copy.deepcopy(model), **_filter_options(cfg), example_input=example)
+        pruned = copy.deepcopy(model)
+        return pruned, prune_filters(pruned, **_filter_options(cfg), example_input=example)
     elif p.method == "sensitivity":
         alone = prunable_layers(model, example, alone=True)
         for key, given in (("prune.layers", p.layers), ("prune.skip", p.skip)):
@@ -118,6 +123,7 @@ def check_prune_spec(cfg: ExperimentConfig, model: nn.Module, example: torch.Ten
             if unknown:
                 raise UserError(f"{key}: {', '.join(unknown)}: not a layer that can be pruned alone, as a sensitivity "
                                 f"analysis prunes each; those that can: {', '.join(alone)}")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,8 +212,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 # L1-norm filter pruning with physical removal
 
 
-def _example_input(s: Session) -> torch.Tensor:
-    return torch.zeros(1, *s.data.input_size, device=s.device)  # shapes only; no draw from the global RNG
+def _example_input(input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, *input_size, device=device)  # shapes only; no draw from the global RNG
 
 
 def _filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -232,18 +238,15 @@ def format_before_after(before: dict[str, Any], after: dict[str, Any], reduction
 
 @register_runner("filter")
 def run_filter(s: Session) -> None:
-    from pruning import prune_filters
     from utils.profile import compare_latency, profile_model, reduction
 
-    cfg, model = s.cfg, s.loaded.model
-    base = s.evaluate(model, "before")
+    cfg, original = s.cfg, s.loaded.model  # the unpruned model stays, for timing both side by side at the end
+    model, outcome = s.prepared
+    base = s.evaluate(original, "before")
     print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
     s.run.append_metrics({"phase": "before", **base})
-    before = {**profile_model(model, s.data.input_size, device=s.device, latency=False),
+    before = {**profile_model(original, s.data.input_size, device=s.device, latency=False),
               "top1": base["top1"], "top5": base["top5"]}
-    original = copy.deepcopy(model)  # kept for timing both side by side at the end
-
-    outcome = prune_filters(model, **_filter_options(cfg), example_input=_example_input(s))
     arch = {**s.loaded.arch, "shapes": outcome.shapes}
     for layer, (old, new) in outcome.widths.items():
         print(f"  {layer}: {old} -> {new} filters")
@@ -296,8 +299,8 @@ def run_sensitivity(s: Session) -> None:
     p = cfg.prune
     base = s.evaluate(original, "baseline")
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}")
-    example = _example_input(s)
-    names = list(p.layers) or list(prunable_layers(original, example, alone=True))  # checked by check_prune_spec
+    example = _example_input(s.data.input_size, s.device)
+    names = list(p.layers) or list(prunable_layers(original, example, alone=True))  # checked by prepare_pruning
     names = [n for n in names if n not in set(p.skip)]
     ratios = sorted(p.sensitivity_ratios)
     graph = analyse(original, example)
