@@ -41,7 +41,7 @@ class Session:
     run: RunDir
     config: dict[str, Any]  # the resolved config with provenance, as saved in config.json and checkpoints
     logger: Any
-    prepared: Any = None  # what prepare_pruning made while checking the spec (filter: the pruned copy, outcome)
+    prepared: Any = None  # what prepare_pruning found while checking the spec (see there)
 
     def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
@@ -108,7 +108,8 @@ def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tens
     then leaves no half-made run behind and costs no evaluation first.
 
     A filter spec is checked by applying it to a copy of ``model`` (the model itself is not touched); that
-    pruned copy and its outcome are returned for the run to use, so the pruning is done once.
+    pruned copy and its outcome are returned for the run to use, so the pruning is done once; for a sensitivity
+    spec, the layers that can be pruned alone.
     """
     from pruning import prunable_layers, prune_filters
 
@@ -123,6 +124,7 @@ def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tens
             if unknown:
                 raise UserError(f"{key}: {', '.join(unknown)}: not a layer that can be pruned alone, as a sensitivity "
                                 f"analysis prunes each; those that can: {', '.join(alone)}")
+        return list(alone)
     return None
 
 
@@ -291,7 +293,7 @@ def run_filter(s: Session) -> None:
 
 @register_runner("sensitivity")
 def run_sensitivity(s: Session) -> None:
-    from pruning import analyse, prunable_layers
+    from pruning import analyse
     from pruning.sensitivity import layer_sensitivity
     from utils.plots import plot_lines
 
@@ -300,7 +302,7 @@ def run_sensitivity(s: Session) -> None:
     base = s.evaluate(original, "baseline")
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}")
     example = _example_input(s.data.input_size, s.device)
-    names = list(p.layers) or list(prunable_layers(original, example, alone=True))  # checked by prepare_pruning
+    names = list(p.layers) or s.prepared  # both checked by prepare_pruning
     names = [n for n in names if n not in set(p.skip)]
     ratios = sorted(p.sensitivity_ratios)
     graph = analyse(original, example)
