@@ -2,6 +2,7 @@
 
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --gpu 0 --prune_percent 0.5
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --prune_percent 0.3 0.5 0.7 0.9
+    python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --resume checkpoints/<run>
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.add_argument("--prune_percent", type=float, nargs="+", default=None, metavar="P",
                         help="fraction(s) in [0, 1) to prune; several make a sweep (overrides prune.percent)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue a run stopped during retraining, in its run directory (same experiment "
+                             "settings): it prunes again and retrains from the checkpoints there")
     return parser
 
 
@@ -30,11 +34,11 @@ def cli() -> int:
     if args.prune_percent is not None:
         for p in args.prune_percent:
             if not 0 <= p < 1:
-                raise UserError(f"--prune_percent {p:g}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
+                raise UserError(f"--prune_percent {p}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
         overrides.append(f"prune.percent={list(args.prune_percent)}")
     cfg = load_config(args.json, overrides)
     check_names(cfg, args.json)
-    return main(cfg, gpu=args.gpu, visdom=args.visdom)
+    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume)
 
 
 if __name__ == "__main__":

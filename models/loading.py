@@ -37,29 +37,67 @@ _KEYS_SHOWN = 3
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else {EOFError: "unexpected end of file"}.get(type(exc), type(exc).__name__)
+    line = line.split(". ")[0]  # torch appends paragraphs of advice to the first sentence, which is the news
+    if line.strip("'").isdigit():  # a KeyError from inside the unpickler says only "101"
+        line = f"{type(exc).__name__} {line}"
     return line if len(line) <= 100 else line[:97] + "..."
 
 
-def _corrupt(path: Path, exc: BaseException, reason: str | None = None) -> str:
+# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (legacy format, protocol 2+).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+_HEAD_SHOWN = 16
+
+
+def _header_problem(path: Path) -> str | None:
+    """What the first bytes of ``path`` say about a file torch cannot read, or None when they look like torch's.
+
+    torch's own errors for such files ("Unsupported operand 110", "KeyError 101") describe the unpickler's state, not
+    the file; the header tells an empty file, a text file (an HTML error page saved by a failed download, notes) and
+    random bytes apart, and a zip archive that breaks off before its end is a file cut short.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(_HEAD_SHOWN)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(_ZIP_MAGIC):
+        return "a zip archive that ends early or is damaged: was it cut short while saving, copying or downloading?"
+    if head[0] == _PICKLE_PROTO:
+        return None
+    text = head.decode("utf-8", errors="replace")  # the cut may split a character: only the last one can be lost
+    if all(c != "\ufffd" and (c.isprintable() or c.isspace()) for c in text.rstrip("\ufffd")):
+        return f"it is a text file that begins {text.strip()!r}"
+    return (f"it begins with the bytes {head[:4].hex(' ')}, not a zip archive ({_ZIP_MAGIC[:2].decode()}) or a "
+            "pickle as torch.save writes")
+
+
+def _corrupt(path: Path, exc: BaseException, reason: str | None = None, *, key: str = "model.checkpoint") -> str:
     reason = reason or _first_line(exc)
-    return f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint ({reason}); check model.checkpoint"
+    header = _header_problem(path)
+    reason = f"{reason}; {header}" if header else reason
+    return f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint ({reason}); check {key}"
 
 
-def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
+def read_checkpoint_file(path: str | os.PathLike[str], *, key: str = "model.checkpoint") -> Any:
     """Whatever ``path`` holds (read on the CPU, tensors and plain containers only), or a one-line UserError.
 
     The checkpoint code uses this to tell this tool's own checkpoints from plain weight files
-    before deciding how to load them; :func:`read_state_dict` uses it for plain weights.
+    before deciding how to load them; :func:`read_state_dict` uses it for plain weights. ``key`` is
+    where the user gave the path (``model.checkpoint``, ``--resume``): the messages send them there.
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint not found: {path}; check model.checkpoint")
+        raise UserError(f"checkpoint not found: {path}; check {key}")
     if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory, not a weights file; check model.checkpoint")
+        raise UserError(f"checkpoint {path} is a directory, not a weights file; check {key}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({_first_line(exc)}); check its permissions") from exc
+        raise UserError(f"checkpoint {path} cannot be read ({exc.strerror or _first_line(exc)}); check its "
+                        f"permissions or {key}") from exc
     except pickle.UnpicklingError as exc:
         # weights_only refuses classes outside its allow-list ("Unsupported global: GLOBAL x.y.Z");
         # any other unpickling error (also wrapped in its long "Weights only load failed" text) is damage.
@@ -70,12 +108,12 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> Any:
                 f"save model.state_dict() instead, since loading arbitrary objects can run code"
             ) from exc
         detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
-        raise UserError(_corrupt(path, exc, detail.group(1) if detail else None)) from exc
+        raise UserError(_corrupt(path, exc, detail.group(1) if detail else None, key=key)) from exc
     # A damaged file fails anywhere inside the deserialiser, and the exception type depends on where:
     # observed are RuntimeError (zip reader, short storage), EOFError, OSError, struct.error and
     # KeyError (a text file). All of them mean the same thing to the user, so all are caught here.
     except Exception as exc:
-        raise UserError(_corrupt(path, exc)) from exc
+        raise UserError(_corrupt(path, exc, key=key)) from exc
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

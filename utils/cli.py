@@ -1,16 +1,20 @@
 """What both entry scripts share: the common arguments and the error boundary.
 
-A :class:`~utils.errors.UserError` anywhere below ``main`` becomes one line on stderr and exit status 2;
-Ctrl-C becomes exit status 130 without a traceback. Anything else is a bug and keeps its traceback.
+A :class:`~utils.errors.UserError` anywhere below ``main`` becomes one line on stderr and exit status 2. A run
+stopped by Ctrl-C or SIGTERM during training saves itself and prints the command that resumes it (exit 130 / 143);
+elsewhere they stop without a traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from utils.errors import UserError
+from utils.interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +27,31 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Call ``main`` and turn user errors into one clear line and a non-zero exit."""
+    """Call ``main`` and turn user errors into one clear line and a non-zero exit, and a run stopped by a signal into
+    the command that resumes it."""
+    terminate_as_interrupt()
     try:
         code = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except RunInterrupted as exc:
+        print(f"{exc}\nresume with: {resume_command(sys.argv, exc.resume)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     sys.exit(code or 0)
+
+
+def resume_command(argv: list[str], resume: Path) -> str:
+    """The command line that ran, with ``--resume`` (replaced or added) pointing at ``resume``."""
+    args, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            args.append(arg)
+    return shlex.join(["python", argv[0], *args, "--resume", str(resume)])

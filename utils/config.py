@@ -128,9 +128,9 @@ class PruneConfig:
     scope: str = _opt("layer_type", "Where a threshold applies: `layer_type` (one for all conv weights, one for all "
                       "linear weights: the seed's method), `global` (one for both) or `layer` (each layer its own).",
                       choices=("layer_type", "global", "layer"))
-    layers: list[str] = _opt([], "`filter`: conv layers to prune, by the names the README lists per model (`conv1` ... "
-                             "for VGG16-bn; `conv1` ... counted from the input, or stage names like `layer2`, for "
-                             "ResNets). Empty: every prunable layer.")
+    layers: list[str] = _opt([], "`filter`/`sensitivity`: conv layers to prune, by the names the README lists per "
+                             "model (`conv1` ... for VGG16-bn; `conv1` ... counted from the input, or stage names like "
+                             "`layer2`, for ResNets). Empty: every prunable layer.")
     channels: list[int] | None = _opt(None, "`filter`: filters to remove from each of `prune.layers` (one count per "
                                       "entry, or one for all).",
                                       check=lambda v: v is None or (len(v) > 0 and all(c >= 0 for c in v)),
@@ -193,6 +193,11 @@ class ExperimentConfig:
 
 # Section defaults that differ from the section class's own defaults.
 _SECTION_DEFAULTS: dict[tuple[str, ...], Callable[[], dict[str, Any]]] = {("retrain",): _retrain_defaults}
+
+# ``prune`` keys that choose layers or filters, with the methods that read them. ``weight`` pruning prunes every conv
+# and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
+_LAYER_SPEC_METHODS = {"layers": ("filter", "sensitivity"), "skip": ("filter", "sensitivity"), "channels": ("filter",),
+                       "ratios": ("filter",)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,7 +293,21 @@ class _Validator:
             if check is not None and not check(converted):
                 raise self.fail(key, f"expected {expect}, got {json.dumps(value)}")
             values[name] = converted
+        if cls is PruneConfig and values.get("method", "weight") == "weight":
+            self.check_weight_pruning(values, prefix)
         return cls(**values)
+
+    def check_weight_pruning(self, values: dict[str, Any], prefix: str) -> None:
+        """A layer or filter choice that ``prune.method`` "weight" would ignore is an error (_LAYER_SPEC_METHODS)."""
+        fields = {f.name: f for f in dataclasses.fields(PruneConfig)}
+        for name, methods in _LAYER_SPEC_METHODS.items():
+            f = fields[name]
+            default = f.default if f.default_factory is _MISSING else f.default_factory()
+            if values.get(name, default) != default:
+                key = _join(prefix, name)
+                raise self.fail(key, f"only used by prune.method {' and '.join(json.dumps(m) for m in methods)}; "
+                                '"weight" pruning prunes every conv and linear layer (prune.scope picks where a '
+                                f"threshold applies). Remove {key} or set prune.method")
 
 
 def _join(prefix: str, name: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utils.errors import UserError
+from utils.sampling import SeededAugmentation, SeededSampler
 from utils.tv import torchvision
 
 T = torchvision.transforms
@@ -524,11 +525,10 @@ def build_loaders(
 ) -> tuple[DataLoader | None, DataLoader]:
     """Train loader (shuffled, None if ``bundle.train`` is None) and test loader (in dataset order).
 
-    Reproducibility: the shuffle order and the workers' seeds come from generators seeded with ``seed``, so a CPU run
-    repeats exactly. With ``workers=0`` augmentation runs in the main process and draws from the *global* torch RNG:
-    the caller seeds it (``torch.manual_seed(seed)``). The test loader has its own generator because every DataLoader
-    iterator draws a base seed; without one, each evaluation would advance the global RNG and change the training
-    augmentation that follows it.
+    Reproducibility: the training order and every sample's augmentation come from ``(seed, epoch)`` alone
+    (:mod:`utils.sampling`; call ``train_loader.sampler.set_epoch(epoch)`` before each epoch), the same with any
+    number of workers. The loaders have their own generators because every DataLoader iterator draws a base seed;
+    without one, each pass would advance the global RNG and change the dropout of the training that follows it.
     """
     if batch_size < 1 or (test_batch_size is not None and test_batch_size < 1):
         raise UserError(f"data.batch_size/data.test_batch_size: expected positive integers (images per batch), got "
@@ -544,8 +544,8 @@ def build_loaders(
     }
     train_loader = None
     if bundle.train is not None:
-        train_loader = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=_generator(seed),
-                                  **common)
+        train_loader = DataLoader(SeededAugmentation(bundle.train), batch_size=batch_size,
+                                  sampler=SeededSampler(len(bundle.train), seed), generator=_generator(seed), **common)
     test_loader = DataLoader(bundle.test, batch_size=test_batch_size or batch_size, shuffle=False,
                              generator=_generator(seed), **common)
     return train_loader, test_loader

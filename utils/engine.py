@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -22,10 +22,11 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-def _progress(loader: Iterable, desc: str) -> tuple[Iterable, Any]:
+def _progress(loader: Iterable, desc: str, initial: int = 0) -> tuple[Iterable, Any]:
     """A tqdm bar on a terminal; the bare loader otherwise (the caller prints plain lines)."""
     if sys.stderr.isatty():
-        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        total = len(loader) if hasattr(loader, "__len__") else getattr(loader, "total", None)
+        bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=initial, total=total)
         return bar, bar
     return loader, None
 
@@ -38,6 +39,7 @@ class Meter:
         self.correct1 = torch.zeros((), dtype=torch.int64, device=device)
         self.correct5 = torch.zeros((), dtype=torch.int64, device=device)
         self.count = 0
+        self.steps = 0  # training steps taken into the sums (batches, for evaluation)
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
 
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
@@ -49,11 +51,24 @@ class Meter:
         self.correct1 += hits[:, 0].sum()
         self.correct5 += hits.any(dim=1).sum()
         self.count += n
+        self.steps += 1
 
     def note_finite(self, loss: torch.Tensor, step: int) -> None:
         """Remember the first step whose loss was NaN/inf, on the device (no synchronisation)."""
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums, exactly (for a checkpoint taken in the middle of an epoch)."""
+        return {"loss": self.loss.cpu(), "correct1": self.correct1.cpu(), "correct5": self.correct5.cpu(),
+                "count": self.count, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.loss.device
+        self.loss = state["loss"].to(device)
+        self.correct1 = state["correct1"].to(device)
+        self.correct5 = state["correct5"].to(device)
+        self.count, self.steps = int(state["count"]), int(state["steps"])
 
     def result(self) -> dict[str, float]:
         count = max(self.count, 1)
@@ -65,17 +80,22 @@ class Meter:
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, print_freq: int = 0) -> dict[str, float]:
+                    device: torch.device, *, epoch: int, print_freq: int = 0, meter: Meter | None = None,
+                    stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
     """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
+
+    ``meter`` carries the sums of an epoch resumed in its middle (``loader`` then yields only the batches not yet
+    seen, and steps are numbered on from ``meter.steps``). When ``stop()`` turns true after a step, the epoch ends
+    there and None is returned: ``meter`` then holds what a checkpoint needs to finish the epoch later.
 
     Pruning masks are held by optimizer hooks (:class:`pruning.masks.MaskKeeper`), so this loop does not
     need to know whether the model is pruned.
     """
     model.train()
-    meter = Meter(device)
+    meter = meter or Meter(device)
     start = time.perf_counter()
-    iterator, bar = _progress(loader, f"epoch {epoch} train")
-    for step, (images, target) in enumerate(iterator, start=1):
+    iterator, bar = _progress(loader, f"epoch {epoch} train", initial=meter.steps)
+    for step, (images, target) in enumerate(iterator, start=meter.steps + 1):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         output = model(images)
@@ -92,6 +112,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             stats = meter.result()
             line = f"Epoch {epoch} step {step}: loss {stats['loss']:.4f}, top1 {stats['top1']:.2f}"
             print(line, flush=True) if bar is None else bar.set_postfix_str(line)
+        if stop is not None and stop():
+            check_finite(meter, epoch)  # never save a diverged model as resumable
+            if bar is not None:
+                bar.close()
+            return None
     check_finite(meter, epoch)
     stats = meter.result()
     stats["time"] = time.perf_counter() - start

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,18 @@ from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb, 
 from utils.config import ExperimentConfig
 from utils.engine import evaluate
 from utils.errors import UserError
+from utils.interrupt import RunInterrupted
 from utils.run import RunDir
-from utils.setup import Data, LoadedModel, build_data, build_model, make_visdom, seed_everything, select_device
+from utils.setup import (
+    Data,
+    LoadedModel,
+    build_data,
+    build_model,
+    load_toolkit_checkpoint,
+    make_visdom,
+    seed_everything,
+    select_device,
+)
 from utils.training import FitResult, fit
 
 
@@ -42,6 +53,7 @@ class Session:
     config: dict[str, Any]  # the resolved config with provenance, as saved in config.json and checkpoints
     logger: Any
     prepared: Any = None  # what prepare_pruning found while checking the spec (see there)
+    resuming: bool = False  # --resume: retraining goes on from the last.pth files already in ``run``
 
     def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
@@ -49,12 +61,23 @@ class Session:
     def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
                  prefix: str = "", extra: dict[str, Any] | None = None) -> FitResult:
         cfg = self.cfg
+        resume = None
+        if self.resuming and (run / "last.pth").exists():  # this model's retraining had started: go on from there
+            resume = load_toolkit_checkpoint(run / "last.pth", expect_arch=cfg.model.arch).checkpoint
+            model.load_state_dict(resume["state_dict"])
+            masks = resume.get("masks") or None
+            step = (resume.get("progress") or {}).get("step", 0)
+            print(f"Resuming {run / 'last.pth'} at epoch {resume.get('epoch', 0)}" + (f", step {step}" if step else ""))
         print(f"Retraining for {cfg.retrain.epochs} epochs (lr {cfg.retrain.lr:g}"
               + ("; pruned weights held at zero)" if masks else ")"))
-        return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader, optim=cfg.retrain,
-                   device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed, masks=masks,
-                   visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix), print_freq=cfg.print_freq,
-                   extra_record=extra, metrics_run=self.run)
+        try:
+            return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader,
+                       optim=cfg.retrain, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
+                       masks=masks, visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix),
+                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run)
+        except RunInterrupted as exc:
+            exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
+            raise
 
     def save_pruned(self, model: nn.Module, path: str, *, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
                     metrics: dict[str, float]) -> str:
@@ -79,12 +102,14 @@ def runner_names() -> list[str]:
     return sorted(RUNNERS)
 
 
-def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False) -> int:
+def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None) -> int:
     if cfg.prune.method not in RUNNERS:
         raise UserError(f"prune.method: unknown method {cfg.prune.method!r}; known: {', '.join(runner_names())}")
     if cfg.model.checkpoint is None and not cfg.model.pretrained:
         raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
                         "model.pretrained: true for torchvision models")
+    if resume is not None:
+        run = open_run_to_resume(resume, cfg)
     device = select_device(gpu)
     seed_everything(cfg.seed)
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
@@ -92,14 +117,56 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False)
     loaded = build_model(cfg, data.num_classes)
     loaded.model.to(device)
     prepared = prepare_pruning(cfg, loaded.model, _example_input(data.input_size, device))
-    run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
-    print(f"Run directory: {run.path}")
     config = {**cfg.to_dict(), "provenance": provenance(device)}
-    run.write_json("config.json", config)
+    if resume is None:
+        run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
+        print(f"Run directory: {run.path}")
+        run.write_json("config.json", config)
+    else:
+        print(f"Resuming the run in {run.path}: pruning again, retraining from its checkpoints")
+        run.append_metrics({"phase": "resumed", "provenance": config["provenance"]})
     session = Session(cfg=cfg, device=device, data=data, loaded=loaded, run=run, config=config,
-                      logger=make_visdom(cfg, visdom), prepared=prepared)
+                      logger=make_visdom(cfg, visdom), prepared=prepared, resuming=resume is not None)
     RUNNERS[cfg.prune.method](session)
     return 0
+
+
+RESUME_MUST_MATCH = ("seed", "data", "model", "prune")  # what decides the pruned model and its retraining data
+
+
+def open_run_to_resume(path: str, cfg: ExperimentConfig) -> RunDir:
+    """The run directory ``path`` of an interrupted pruning run, if it was made with this experiment's settings."""
+    run = RunDir(path)
+    saved_path = run / "config.json"
+    if not saved_path.is_file():
+        raise UserError(f"--resume {path}: not a run directory of pruner_exp.py (no config.json); give the folder "
+                        "the interrupted run printed as 'Run directory:'")
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--resume {path}: cannot read {saved_path} ({exc}); start a new run instead") from None
+    current = cfg.to_dict()
+    for section in RESUME_MUST_MATCH:
+        difference = first_difference(saved.get(section), current.get(section), section)
+        if difference is not None:
+            key, was, now = difference
+            raise UserError(f"--resume {path}: {key} was {json.dumps(was)} in that run but is {json.dumps(now)} "
+                            "now; resume with the settings it was started with (its config.json), or start a new run")
+    if saved.get("retrain") != current["retrain"]:
+        print("note: the retrain section differs from the one the run started with; continuing with the "
+              "experiment file's")
+    return run
+
+
+def first_difference(a: Any, b: Any, key: str) -> tuple[str, Any, Any] | None:
+    """The first dotted key under which ``a`` and ``b`` differ, with both values; None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in list(a) + [n for n in b if n not in a]:
+            found = first_difference(a.get(name), b.get(name), f"{key}.{name}")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (key, a, b)
 
 
 def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> Any:

@@ -43,7 +43,10 @@ class RunDir:
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"output.dir {str(base)!r} cannot be created ({exc.strerror or exc}); choose a writable "
+            # "File exists" / "Not a directory" alone do not say which part of the path is in the way.
+            blocker = next((p for p in (base, *base.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror or str(exc)
+            raise UserError(f"output.dir {str(base)!r} cannot be created ({why}); choose a writable "
                             "folder with --set output.dir=PATH") from None
         if not os.access(base, os.W_OK | os.X_OK):
             raise UserError(f"output.dir {str(base)!r} is not writable; choose a writable folder with "

@@ -6,6 +6,8 @@ This is the boundary where the config object is turned into plain keyword argume
 
 from __future__ import annotations
 
+import difflib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,12 @@ def select_device(gpu: int | None) -> torch.device:
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpu < 0 or gpu >= count:
-        have = f"{count} CUDA device(s) (0..{count - 1})" if count else "no CUDA device"
-        raise UserError(f"--gpu {gpu}: this machine has {have}; pick one of those, or leave out --gpu to use the CPU")
+        if count:
+            raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s), numbered 0..{count - 1}; pick one "
+                            "of those, or leave out --gpu to use the CPU")
+        why = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
+               else "none is visible: check the driver and CUDA_VISIBLE_DEVICES")
+        raise UserError(f"--gpu {gpu}: this machine has no CUDA device ({why}); leave out --gpu to use the CPU")
     torch.backends.cudnn.benchmark = True
     return torch.device(f"cuda:{gpu}")
 
@@ -109,27 +115,73 @@ def check_names(cfg: ExperimentConfig, source: str) -> None:
     for key, value, known in (("model.arch", cfg.model.arch, list_models()), ("data.name", cfg.data.name,
                               dataset_names()), ("prune.method", cfg.prune.method, runner_names())):
         if value not in known:
-            raise UserError(f"{source}: {key}: unknown name {value!r}; known: {', '.join(known)}")
+            near = _nearest(value, known)
+            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            raise UserError(f"{source}: {key}: unknown name {value!r}; known: {', '.join(known)}{hint}")
+
+
+def _nearest(value: str, known: list[str]) -> list[str]:
+    """The known names most like ``value``: all of those that tie (``resnet21`` is as near ``resnet20`` as
+    ``resnet32``, and naming one of them would be a guess)."""
+    def score(name: str) -> float:
+        return difflib.SequenceMatcher(None, value, name).ratio()
+
+    near = difflib.get_close_matches(value, known, n=len(known))
+    return sorted(n for n in near if score(n) == score(near[0]))
+
+
+def _outputs(arch: dict[str, Any]) -> int:
+    """How many classes a model of ``arch`` predicts (its builder's default when the options do not say)."""
+    from models.registry import model_options as builder_options
+
+    return int(arch["options"].get("num_classes", builder_options(arch["name"])["num_classes"]))
 
 
 def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
-                            ckpt: dict[str, Any] | None = None) -> LoadedModel:
-    """Rebuild a model from a checkpoint of this tool: architecture (pruned widths included), weights, masks."""
-    from models.loading import load_state_dict_strict
-    from pruning.masks import validate_masks
-    from utils.checkpoint import check_checkpoint, load_checkpoint
+                            ckpt: dict[str, Any] | None = None, key: str = "--resume",
+                            num_classes: int | None = None) -> LoadedModel:
+    """Rebuild a model from a checkpoint of this tool: architecture (pruned widths included), weights, masks.
 
-    ckpt = load_checkpoint(path) if ckpt is None else check_checkpoint(ckpt, path)
+    ``key`` names where the path came from in messages about an unreadable file (``--resume`` when ``ckpt`` is not
+    given: :func:`build_model` reads ``model.checkpoint`` itself and passes what it found). With ``num_classes``
+    (the dataset's), a model that predicts fewer classes is an error here rather than an IndexError in the loss.
+    """
+    from models.loading import load_state_dict_strict, read_checkpoint_file
+    from pruning.masks import validate_masks
+    from utils.checkpoint import check_checkpoint
+
+    ckpt = check_checkpoint(read_checkpoint_file(path, key=key) if ckpt is None else ckpt, path)
     arch = ckpt["arch"]
     if expect_arch is not None and arch["name"] != expect_arch:
         raise UserError(f"{path}: the checkpoint holds a {arch['name']} but model.arch is {expect_arch!r}; set "
                         f"model.arch to {arch['name']!r} or pick another checkpoint")
+    if num_classes is not None and _outputs(arch) < num_classes:
+        raise UserError(f"{path}: the checkpoint's {arch['name']} predicts {_outputs(arch)} classes but the dataset "
+                        f"has {num_classes}; pick a checkpoint trained on this dataset, or check data.name and "
+                        "data.root")
     model = build_model_from_arch(arch)
     load_state_dict_strict(model, ckpt["state_dict"], source=str(path))
     masks = ckpt.get("masks") or None
     if masks:
         validate_masks(model, masks)
     return LoadedModel(model=model, arch=arch, masks=masks, checkpoint=ckpt)
+
+
+def _check_options_match(cfg: ExperimentConfig, arch: dict[str, Any]) -> None:
+    """Model options set in the config must agree with the architecture a checkpoint of this tool brings along:
+    the checkpoint wins, and a ``model.num_classes`` it silently overrode would be a surprise later."""
+    from models.registry import model_options as builder_options
+
+    defaults = builder_options(arch["name"])
+    for option in ("num_classes", "shortcut", "classifier"):
+        wanted = getattr(cfg.model, option)
+        if wanted is None or option not in defaults:
+            continue
+        held = arch["options"].get(option, defaults[option])
+        if (list(held) if isinstance(held, list | tuple) else held) != wanted:
+            raise UserError(f"model.{option}: {json.dumps(wanted)}, but {cfg.model.checkpoint} holds a model with "
+                            f"{option} {json.dumps(held)}; a checkpoint of this tool brings its own architecture: "
+                            f"leave model.{option} out or pick another checkpoint")
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
@@ -145,8 +197,14 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
     m = cfg.model
     obj = read_checkpoint_file(m.checkpoint) if m.checkpoint is not None else None
     if is_toolkit_checkpoint(obj):
-        return load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj)
+        loaded = load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj, num_classes=num_classes)
+        _check_options_match(cfg, loaded.arch)
+        return loaded
     options = model_options(cfg, num_classes)
+    if options["num_classes"] < num_classes:  # labels beyond the outputs: an IndexError in the first loss
+        raise UserError(f"model.num_classes: {options['num_classes']} is fewer than the {num_classes} classes of "
+                        f"data.name {cfg.data.name!r}; leave model.num_classes out (it defaults to the dataset's) or "
+                        f"set it to at least {num_classes}")
     if m.arch not in list_models():  # else the option re-wrapping below would read "model.unknown model ..."
         raise UserError(f"model.arch: unknown model {m.arch!r}; known models: {', '.join(list_models())}")
     try:

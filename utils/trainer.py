@@ -28,7 +28,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     seed_everything(cfg.seed)
     data = build_data(cfg, train=not evaluate_only, pin_memory=device.type == "cuda")
     if resume is not None:
-        loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch)
+        loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch, num_classes=data.num_classes)
     else:
         loaded = build_model(cfg, data.num_classes)
     model = loaded.model.to(device)
@@ -44,11 +44,17 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     if resume is not None:
         run = RunDir(Path(resume).resolve().parent)
         ckpt = loaded.checkpoint or {}
+        if ckpt.get("expanded_from", {}).get("training_state") is False:
+            raise UserError(f"--resume {resume}: a compressed checkpoint without the optimizer and RNG state cannot "
+                            "continue a run; resume from the run's last.pth, or train on from it with "
+                            "model.checkpoint")
         saved_train = (ckpt.get("config") or {}).get("train")
         if saved_train is not None and saved_train != cfg.to_dict()["train"]:
             print(f"note: the train section differs from the one {resume} was trained with; continuing with the "
                   "experiment file's")
-        print(f"Resuming {resume} at epoch {ckpt.get('epoch', 0)} in {run.path}")
+        step = (ckpt.get("progress") or {}).get("step", 0)
+        print(f"Resuming {resume} at epoch {ckpt.get('epoch', 0)}" + (f", step {step}" if step else "")
+              + f" in {run.path}")
     else:
         run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
         print(f"Run directory: {run.path}")

@@ -7,6 +7,7 @@ an interrupted run resumes exactly (model, optimizer, scheduler, epoch and RNG s
 
 from __future__ import annotations
 
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from torch import nn
 
 from utils.checkpoint import atomic_write_bytes, checkpoint_bytes, make_checkpoint, restore_rng_state
 from utils.config import OptimConfig
-from utils.engine import evaluate, train_one_epoch
+from utils.engine import Meter, evaluate, train_one_epoch
+from utils.interrupt import GracefulStop, RunInterrupted
 from utils.run import RunDir
+from utils.sampling import epoch_seed
 
 PLOTTED = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")  # per-epoch visdom lines
 AVERAGE_OVER_LAST = 5  # epochs whose test top-1 is averaged in the closing summary, as the seed reported
@@ -70,20 +73,32 @@ def format_epoch_line(epoch: int, train: dict[str, float], test: dict[str, float
             f"Time: {s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}")
 
 
-def reseed_loader(loader: Any, seed: int, epoch: int) -> None:
-    """Derive the shuffling (and worker seeds) of an epoch from (seed, epoch) alone, so a resumed run draws
-    exactly the batches the uninterrupted run would have."""
+def start_epoch_order(loader: Any, seed: int, epoch: int, start_step: int = 0) -> None:
+    """Set the batches of ``epoch`` from (seed, epoch) alone (see :mod:`utils.sampling`), skipping the first
+    ``start_step`` batches when a run resumes inside the epoch, so a resumed run draws exactly the batches the
+    uninterrupted run would have."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch, start=start_step * loader.batch_size)
+    elif start_step:
+        raise ValueError("resuming inside an epoch needs a loader whose sampler has set_epoch(epoch, start)")
     generator = getattr(loader, "generator", None)
-    if generator is not None:
-        generator.manual_seed(seed * 100_003 + epoch)
+    if generator is not None:  # the workers' base seed
+        generator.manual_seed(epoch_seed(seed, epoch))
 
 
 @dataclass
 class FitResult:
-    epochs_run: int
-    last: dict[str, float]
+    epochs_run: int  # by this call; history also holds the epochs of the run it resumed
     best_top1: float
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """Test loss, top-1 and top-5 of the last epoch."""
+        if not self.history:
+            return {}
+        return {k: self.history[-1][f"test_{k}"] for k in ("loss", "top1", "top5")}
 
     @property
     def average_top1(self) -> float:
@@ -100,6 +115,10 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
 
     With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints go to
     ``run``; metrics to ``metrics_run`` (default: ``run``), so a sweep keeps one ``metrics.jsonl``.
+
+    The first SIGINT/SIGTERM stops training after the current step: ``last.pth`` then holds the run in the middle of
+    its epoch (step, running sums, RNG) and :class:`~utils.interrupt.RunInterrupted` is raised. Resuming from it
+    ends with the same weights as a run never stopped.
     """
     metrics_run = metrics_run or run
     criterion = nn.CrossEntropyLoss()
@@ -110,46 +129,78 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
 
         keeper = MaskKeeper(model, masks)
         keeper.attach(optimizer)
-    start_epoch, best_top1 = 0, float("-inf")
+    start_epoch, best_top1, history, progress = 0, float("-inf"), [], None
     if resume is not None:
         if resume.get("optimizer"):
             optimizer.load_state_dict(resume["optimizer"])
         start_epoch = int(resume.get("epoch", 0))
         scheduler = resume_schedule(optimizer, optim, start_epoch)
         best_top1 = resume.get("best_top1") if resume.get("best_top1") is not None else best_top1
+        history = list(resume.get("history") or [])
+        progress = resume.get("progress")
         if resume.get("rng"):
             restore_rng_state(resume["rng"])
         if start_epoch >= optim.epochs:
             print(f"The checkpoint has already completed {start_epoch} of {optim.epochs} epochs: nothing to resume.")
-    result = FitResult(epochs_run=0, last={}, best_top1=best_top1)
-    for epoch in range(start_epoch, optim.epochs):
-        start = time.perf_counter()
-        reseed_loader(train_loader, seed, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch=epoch,
-                                      print_freq=print_freq)
-        test_stats = evaluate(model, test_loader, criterion, device)
-        scheduler.step()
-        seconds = time.perf_counter() - start
-        print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
-        record = {**(extra_record or {}), "epoch": epoch, "lr": lr, "time": seconds,
-                  **{f"train_{k}": v for k, v in train_stats.items() if k != "time"},
-                  **{f"test_{k}": v for k, v in test_stats.items()}}
-        metrics_run.append_metrics(record)
-        result.history.append(record)
-        if visdom is not None:
-            visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
-        is_best = test_stats["top1"] > result.best_top1
-        result.best_top1 = max(result.best_top1, test_stats["top1"])
-        ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch + 1, optimizer=optimizer,
+    result = FitResult(epochs_run=0, best_top1=best_top1, history=history)
+
+    def save(epoch: int, record: dict[str, Any] | None, meter: Meter | None = None, seconds: float = 0.0) -> bytes:
+        """``last.pth`` after ``epoch`` completed epochs, or inside the next one when ``meter`` is given."""
+        ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch, optimizer=optimizer,
                                scheduler=scheduler, masks=masks, best_top1=result.best_top1, metrics=record,
                                device=device)
+        ckpt["history"] = result.history
+        if meter is not None:
+            ckpt["progress"] = {"step": meter.steps, "meter": meter.state_dict(), "seconds": seconds}
         data = checkpoint_bytes(ckpt)
         atomic_write_bytes(run / "last.pth", data)
-        if is_best:
-            atomic_write_bytes(run / "best.pth", data)
-        result.epochs_run += 1
-        result.last = test_stats
-    if keeper is not None:
-        keeper.detach()
+        return data
+
+    try:
+        with GracefulStop() as stop:
+            def stopping() -> bool:
+                return stop.requested is not None
+
+            for epoch in range(start_epoch, optim.epochs):
+                start = time.perf_counter()
+                meter, earlier_seconds = Meter(device), 0.0
+                if progress is not None:  # the epoch the run was stopped in: go on after its last step
+                    meter.load_state_dict(progress["meter"])
+                    earlier_seconds, progress = float(progress.get("seconds", 0.0)), None
+                start_epoch_order(train_loader, seed, epoch, start_step=meter.steps)
+                lr = optimizer.param_groups[0]["lr"]
+                train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch=epoch,
+                                              print_freq=print_freq, meter=meter, stop=stopping)
+                if train_stats is None:
+                    seconds = earlier_seconds + time.perf_counter() - start
+                    save(epoch, None, meter, seconds)
+                    raise _interrupted(stop.requested, run, f"epoch {epoch}, step {meter.steps}")
+                train_stats["time"] += earlier_seconds
+                test_stats = evaluate(model, test_loader, criterion, device)
+                scheduler.step()
+                seconds = earlier_seconds + time.perf_counter() - start
+                print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
+                record = {**(extra_record or {}), "epoch": epoch, "lr": lr, "time": seconds,
+                          **{f"train_{k}": v for k, v in train_stats.items() if k != "time"},
+                          **{f"test_{k}": v for k, v in test_stats.items()}}
+                metrics_run.append_metrics(record)
+                result.history.append(record)
+                if visdom is not None:
+                    visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
+                is_best = test_stats["top1"] > result.best_top1
+                result.best_top1 = max(result.best_top1, test_stats["top1"])
+                data = save(epoch + 1, record)
+                if is_best:
+                    atomic_write_bytes(run / "best.pth", data)
+                result.epochs_run += 1
+                if stop.requested is not None and epoch + 1 < optim.epochs:
+                    raise _interrupted(stop.requested, run, f"the end of epoch {epoch}")
+    finally:
+        if keeper is not None:
+            keeper.detach()
     return result
+
+
+def _interrupted(signum: int, run: RunDir, where: str) -> RunInterrupted:
+    return RunInterrupted(f"{signal.Signals(signum).name}: stopped at {where}; saved {run / 'last.pth'}",
+                          resume=run / "last.pth", signum=signum)

@@ -1,0 +1,411 @@
+"""Bad inputs through the real entry scripts: one table, one row per mistake a user can make.
+
+Every row of ``CASES`` runs ``trainer_exp.py`` or ``pruner_exp.py`` as a user runs them (a subprocess) in a folder of
+its own. The folder already holds an earlier run of the same experiment (``runs/bad_input`` with ``last.pth``,
+``best.pth``, ``metrics.jsonl``, ``results.json``: arbitrary bytes) and the files the row refers to (``{name}`` in a
+row is a file built by ``FILES``; ``{tmp}`` is the folder, ``{data}`` a tiny CIFAR-10). Each row must end with exit
+status 2 and exactly one stderr line, ``error: ...``, without a traceback, that holds all the row's fragments (the
+file, the dotted key, the value, what is allowed or what to do); argparse's own usage errors (``argparse=True``) print
+usage lines first, so there the last line is checked. And the folder must be left exactly as it was: every file
+byte-for-byte, nothing new, unless the row says what it may create (``creates``: a disk that fills up during a
+checkpoint save does so after the run directory was made; even then no ``*.tmp`` and no half-written checkpoint).
+
+Most rows fail before any data is read, but each costs a Python + torch start-up (1-4 s), so the selected rows run side
+by side, one per CPU core, in one module fixture (``outcomes``); each test then checks its own row. The rows that limit
+the file size (``fsize``) run after the others, one at a time, because ``preexec_fn`` is not safe beside threads. Layer
+spec errors that need a traced model (unknown ``prune.layers`` of a filter run, too many filters, coupled layers) are
+``FILTER_ERRORS`` in ``test_filter_runner.py`` and are not repeated here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import random
+import re
+import resource
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_data import write_cifar
+from test_runner import PRUNER, TRAINER, Run, cifar, run_script, snapshot
+
+NAME = "bad_input"
+EARLIER = {"last.pth": b"earlier last checkpoint", "best.pth": b"earlier best checkpoint",
+           "metrics.jsonl": b'{"epoch": 0}\n', "results.json": b'{"rows": []}\n'}
+BASE: dict[str, Any] = {"name": NAME, "seed": 0, "data": cifar("{data}"), "model": {"arch": "resnet20"},
+                        "train": {"epochs": 1, "lr": 0.05, "schedule": "constant"}, "output": {"dir": "{tmp}/runs"}}
+WEIGHTS = {"model.checkpoint": "{r20}"}  # pruner rows that must get past "pruning needs trained weights"
+# Root reads a file whatever its mode, so there the unreadable checkpoint is a directory (also not a weights file).
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+FSIZE_LIMIT = 64 * 1024  # bytes: room for config.json and metrics.jsonl, not for a ResNet-20 checkpoint (~2 MB)
+DROP = object()  # an edit that deletes the key
+
+
+@dataclass(frozen=True)
+class Case:
+    script: Path
+    fragments: tuple[str, ...]  # each must appear in the error line ({names} expanded)
+    edits: dict[str, Any] = field(default_factory=dict)  # dotted key -> value in BASE (DROP deletes the key)
+    args: tuple[str, ...] = ()  # after --json FILE
+    text: str | None = None  # the experiment file's text, instead of BASE with edits
+    json: str = "{tmp}/bad.json"  # the --json argument
+    fsize: int | None = None  # RLIMIT_FSIZE of the run: a disk that fills up
+    creates: tuple[str, ...] = ()  # what the run may add to the folder before it fails
+    argparse: bool = False  # argparse's usage error: its last line is checked
+    xfail: str | None = None  # the change outside this file's reach that the row waits for
+
+
+# ------------------------------------------------------------------------------------------------ files of the rows
+
+
+def _save_toolkit_checkpoint(path: Path, arch: str, num_classes: int = 10) -> Path:
+    """A checkpoint of this tool for a freshly initialised (seeded) ``arch``, as training writes it (epoch 0)."""
+    from models import get_model
+    from utils.checkpoint import make_checkpoint
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"num_classes": num_classes}
+    torch.save(make_checkpoint(model=get_model(arch, **options), arch={"name": arch, "options": options}, config={}),
+               path)
+    return path
+
+
+def _save_state_dict(path: Path, arch: str) -> Path:
+    from models import get_model
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(get_model(arch, num_classes=10).state_dict(), path)
+    return path
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _truncated(folder: Path) -> Path:
+    whole = _save_toolkit_checkpoint(folder / "weights" / "whole.pth", "resnet20").read_bytes()
+    return _write(folder / "weights" / "half.pth", whole[: len(whole) // 2])
+
+
+def _unreadable(folder: Path) -> Path:
+    path = folder / "weights" / "unreadable.pth"
+    if ROOT:
+        path.mkdir(parents=True)
+        return path
+    return _write(path, b"mode 000 while the script runs")  # the mode is set after the snapshot (see run_case)
+
+
+def _imagefolder_with_empty_class(folder: Path) -> Path:
+    from PIL import Image
+
+    root = folder / "images"
+    for split, cls in (("train", "cat"), ("val", "cat"), ("val", "dog")):
+        (root / split / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (128, 64, 32)).save(root / split / cls / "0.png")
+    (root / "train" / "dog").mkdir()  # the empty class folder
+    return root
+
+
+FILES: dict[str, Callable[[Path], Path]] = {
+    "r20": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20.pth", "resnet20"),
+    "r20_2_classes": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20_2_classes.pth", "resnet20", 2),
+    "r56_toolkit": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet56_toolkit.pth", "resnet56"),
+    "r56_state_dict": lambda d: _save_state_dict(d / "weights" / "resnet56_state_dict.pth", "resnet56"),
+    "tv18_state_dict": lambda d: _save_state_dict(d / "weights" / "tv_resnet18_state_dict.pth", "tv_resnet18"),
+    "half": _truncated,
+    "random": lambda d: _write(d / "weights" / "random.pth", random.Random(0).randbytes(4096)),
+    "text": lambda d: _write(d / "weights" / "notes.pth", b"notes: the weights are on the shared drive\n"),
+    "unreadable": _unreadable,
+    "imagefolder": _imagefolder_with_empty_class,
+    "file": lambda d: _write(d / "a_file", b"a regular file where a folder is expected"),
+    "interrupted": lambda d: _save_toolkit_checkpoint(d / "interrupted" / "last.pth", "resnet20"),
+}
+
+
+# ------------------------------------------------------------------------------------------------------- the table
+
+GPUS = torch.cuda.device_count()
+BAD_JSON = '{\n  "name": "bad_input",\n  "model": {"arch": "resnet20",}\n}\n'  # trailing comma: line 3 column 32
+NEW_RUN = "runs/bad_input-2"  # the run directory a new run gets beside the earlier runs/bad_input
+
+CASES: dict[str, Case] = {
+    # the experiment file itself
+    "json_file_missing": Case(TRAINER, ("{tmp}/absent.json", "experiment file not found", "--json"),
+                              json="{tmp}/absent.json"),
+    "json_is_a_directory": Case(TRAINER, ("{tmp}: is a directory", "--json takes an experiment file"), json="{tmp}"),
+    "json_malformed": Case(TRAINER, ("{tmp}/bad.json", "invalid JSON at line 3 column 32", "property name"),
+                           text=BAD_JSON),
+    "json_top_level_list": Case(TRAINER, ("{tmp}/bad.json", "top level must be a JSON object", "got list"),
+                                text='[{"name": "bad_input"}]\n'),
+    "missing_model_arch": Case(TRAINER, ("bad.json: model.arch: missing", "expected a string", "resnet20"),
+                               edits={"model.arch": DROP}),
+    "missing_name": Case(TRAINER, ("bad.json: name: missing", "expected a string", "run directory"),
+                         edits={"name": DROP}),
+    "unknown_section": Case(TRAINER, ("bad.json: trian: unknown key", "did you mean train?", "valid keys here: name"),
+                            edits={"trian.epochs": 1}),
+    "unknown_key": Case(TRAINER, ("bad.json: train.lrr: unknown key", "did you mean train.lr?",
+                                  "valid keys here: epochs, lr, momentum"), edits={"train.lrr": 0.1}),
+    # wrong types
+    "string_for_int": Case(TRAINER, ("bad.json: train.epochs", "expected an integer >= 0", 'got "2"'),
+                           edits={"train.epochs": "2"}),
+    "list_for_float": Case(TRAINER, ("bad.json: train.lr", "expected a positive number", "got [0.1]"),
+                           edits={"train.lr": [0.1]}),
+    "bool_for_number": Case(TRAINER, ("bad.json: data.batch_size", "expected a positive integer", "got true"),
+                            edits={"data.batch_size": True}),
+    "object_for_string": Case(TRAINER, ("bad.json: model.arch", "expected a string", 'got {"name": "resnet20"}'),
+                              edits={"model.arch": {"name": "resnet20"}}),
+    # values out of range
+    "epochs_negative": Case(TRAINER, ("bad.json: train.epochs", "an integer >= 0", "got -1"),
+                            edits={"train.epochs": -1}),
+    "lr_zero": Case(TRAINER, ("bad.json: train.lr", "a positive number", "got 0"), edits={"train.lr": 0}),
+    "lr_negative": Case(TRAINER, ("bad.json: train.lr", "a positive number", "got -0.1"), edits={"train.lr": -0.1}),
+    "schedule_unknown": Case(TRAINER, ("bad.json: train.schedule", 'one of "multistep", "cosine", "constant"',
+                                       'got "step"'), edits={"train.schedule": "step"}),
+    "prune_percent_json_negative": Case(PRUNER, ("bad.json: prune.percent", "[0, 1)", "got -0.1"),
+                                        edits={"prune.percent": -0.1}),
+    "prune_percent_json_one": Case(PRUNER, ("bad.json: prune.percent", "[0, 1)", "got 1.0"),
+                                   edits={"prune.percent": 1.0}),
+    "prune_percent_json_above_one": Case(PRUNER, ("bad.json: prune.percent", "[0, 1)", "got [0.5, 1.5]"),
+                                         edits={"prune.percent": [0.5, 1.5]}),
+    "prune_percent_cli_negative": Case(PRUNER, ("--prune_percent -0.1:", "[0, 1)"), args=("--prune_percent", "-0.1")),
+    "prune_percent_cli_one": Case(PRUNER, ("--prune_percent 1.0:", "[0, 1)"), args=("--prune_percent", "1.0")),
+    "prune_percent_cli_above_one": Case(PRUNER, ("--prune_percent 1.5", "[0, 1)"),
+                                        args=("--prune_percent", "0.5", "1.5")),
+    "prune_percent_cli_not_a_number": Case(PRUNER, ("argument --prune_percent", "invalid float value: 'abc'"),
+                                           args=("--prune_percent", "abc"), argparse=True),
+    # registry names and what the chosen method reads
+    "unknown_arch": Case(TRAINER, ("bad.json: model.arch", "'resnet21'", "resnet20", "resnet56", "vgg16_bn_cifar",
+                                   "tv_resnet18", "did you mean 'resnet20' or 'resnet32'?"),
+                         edits={"model.arch": "resnet21"}),
+    "unknown_dataset": Case(TRAINER, ("bad.json: data.name", "'cifar100'", "cifar10, digits, imagefolder, imagenet",
+                                      "did you mean 'cifar10'?"), edits={"data.name": "cifar100"}),
+    "unknown_prune_method": Case(PRUNER, ("bad.json: prune.method", "'filters'", "filter, sensitivity, weight",
+                                          "did you mean 'filter'?"), edits={**WEIGHTS, "prune.method": "filters"}),
+    "weight_pruning_given_layers": Case(PRUNER, ("bad.json: prune.layers", 'prune.method "filter" and "sensitivity"',
+                                                 "every conv and linear layer", "Remove prune.layers"),
+                                        edits={**WEIGHTS, "prune.layers": ["conv1"]}),
+    "sensitivity_unknown_layer": Case(PRUNER, ("prune.layers", "conv99", "can be pruned alone", "conv2, conv4"),
+                                      edits={**WEIGHTS, "prune.method": "sensitivity", "prune.layers": ["conv99"]}),
+    "pruner_without_weights": Case(PRUNER, ("pruning needs trained weights", "model.checkpoint",
+                                            "model.pretrained")),
+    # --set
+    "set_without_equals": Case(TRAINER, ("--set train.epochs", "KEY=VALUE"), args=("--set", "train.epochs")),
+    "set_unknown_key": Case(TRAINER, ("--set train.lrr", "unknown key", "did you mean train.lr?"),
+                            args=("--set", "train.lrr=0.1")),
+    "set_bad_type": Case(TRAINER, ("--set train.epochs", "expected an integer >= 0", 'got "two"'),
+                         args=("--set", "train.epochs=two")),
+    # the machine
+    "gpu_absent": Case(TRAINER, (f"--gpu {GPUS}", "CUDA device", "leave out --gpu"), args=("--gpu", str(GPUS))),
+    # checkpoints
+    "checkpoint_missing": Case(TRAINER, ("checkpoint not found", "{tmp}/absent.pth", "check model.checkpoint"),
+                               edits={"model.checkpoint": "{tmp}/absent.pth"}),
+    "checkpoint_unreadable": Case(TRAINER, ("checkpoint {unreadable}", "is a directory" if ROOT else "cannot be read",
+                                            "model.checkpoint"), edits={"model.checkpoint": "{unreadable}"}),
+    "checkpoint_truncated": Case(TRAINER, ("checkpoint {half} is truncated", "cut short", "check model.checkpoint"),
+                                 edits={"model.checkpoint": "{half}"}),
+    "checkpoint_random_bytes": Case(TRAINER, ("checkpoint {random}", "not a PyTorch checkpoint", "not a zip archive",
+                                              "check model.checkpoint"), edits={"model.checkpoint": "{random}"}),
+    "checkpoint_text_file": Case(TRAINER, ("checkpoint {text}", "text file that begins 'notes: the weig",
+                                           "check model.checkpoint"), edits={"model.checkpoint": "{text}"}),
+    "checkpoint_other_arch_keys": Case(TRAINER, ("{r56_state_dict}", "does not match the model",
+                                                 "unexpected keys layer1.3.conv1.weight"),
+                                       edits={"model.checkpoint": "{r56_state_dict}"}),
+    "checkpoint_other_arch_shapes": Case(TRAINER, ("{tv18_state_dict}", "conv1.weight has shape (64, 3, 7, 7)",
+                                                   "the model expects (16, 3, 3, 3)", "another architecture"),
+                                         edits={"model.checkpoint": "{tv18_state_dict}"}),
+    "checkpoint_other_arch_toolkit": Case(TRAINER, ("{r56_toolkit}", "holds a resnet56", "model.arch is 'resnet20'"),
+                                          edits={"model.checkpoint": "{r56_toolkit}"}),
+    "checkpoint_fewer_classes": Case(TRAINER, ("{r20_2_classes}", "predicts 2 classes but the dataset has 10",
+                                               "data.name"), edits={"model.checkpoint": "{r20_2_classes}"}),
+    "num_classes_fewer_than_data": Case(TRAINER, ("model.num_classes: 2 is fewer than the 10 classes",
+                                                  "data.name 'cifar10'", "at least 10"),
+                                        edits={"model.num_classes": 2}),
+    "num_classes_contradicts_checkpoint": Case(PRUNER, ("model.num_classes: 100",
+                                                        "{r20} holds a model with num_classes 10",
+                                                        "leave model.num_classes out"),
+                                               edits={**WEIGHTS, "model.num_classes": 100}),
+    "resume_fewer_classes": Case(TRAINER, ("{r20_2_classes}", "predicts 2 classes but the dataset has 10"),
+                                 args=("--resume", "{r20_2_classes}")),
+    "resume_missing": Case(TRAINER, ("checkpoint not found", "{tmp}/absent.pth", "check --resume"),
+                           args=("--resume", "{tmp}/absent.pth")),
+    "evaluate_missing": Case(TRAINER, ("checkpoint not found", "{tmp}/absent.pth", "check --resume"),
+                             args=("--evaluate", "--resume", "{tmp}/absent.pth")),
+    "resume_truncated": Case(TRAINER, ("checkpoint {half} is truncated", "check --resume"),
+                             args=("--resume", "{half}")),
+    "resume_foreign_file": Case(TRAINER, ("{r56_state_dict}", "not a checkpoint written by this tool",
+                                          "model.checkpoint"), args=("--resume", "{r56_state_dict}")),
+    # data
+    "cifar10_missing_root": Case(TRAINER, ("{tmp}/no_cifar/cifar-10-batches-py", "data_batch_1..data_batch_5",
+                                           "test_batch", "batches.meta", "data.root", "data.download"),
+                                 edits={"data.root": "{tmp}/no_cifar"}),
+    "imagefolder_missing_root": Case(TRAINER, ("imagefolder: data.root {tmp}/no_images does not exist",
+                                               "<data.root>/train/<class>/*.jpg", "point data.root"),
+                                     edits={"data.name": "imagefolder", "data.root": "{tmp}/no_images"}),
+    "imagefolder_empty_class": Case(TRAINER, ("class folder {imagefolder}/train/dog has no images", ".png",
+                                              "add images or delete the folder"),
+                                    edits={"data.name": "imagefolder", "data.root": "{imagefolder}",
+                                           "data.image_size": 32}),
+    # outputs. A full disk: config.json and metrics.jsonl fit, the checkpoint does not; what may appear is listed, so
+    # a last.pth or a *.tmp left behind fails the row, and the resumed run's own last.pth must keep its bytes.
+    "output_dir_under_a_file": Case(TRAINER, ("output.dir '{file}/runs' cannot be created", "{file} is a file",
+                                              "--set output.dir=PATH"), edits={"output.dir": "{file}/runs"}),
+    "disk_full_new_run": Case(TRAINER, (f"could not write {{tmp}}/{NEW_RUN}/last.pth", "File too large",
+                                        "the previous file, if any, is intact"), fsize=FSIZE_LIMIT,
+                              creates=(NEW_RUN, f"{NEW_RUN}/config.json", f"{NEW_RUN}/metrics.jsonl")),
+    "disk_full_resume": Case(TRAINER, ("could not write {interrupted}", "File too large", "is intact"),
+                             args=("--resume", "{interrupted}"), fsize=FSIZE_LIMIT,
+                             creates=("interrupted/metrics.jsonl",)),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ the runs
+
+
+def expand(value: Any, names: dict[str, str]) -> Any:
+    """``value`` with every ``{name}`` of ``names`` replaced (other braces, as in JSON, stay)."""
+    if isinstance(value, str):
+        return re.sub(r"\{(\w+)\}", lambda m: names.get(m.group(1), m.group(0)), value)
+    if isinstance(value, list | tuple):
+        return type(value)(expand(v, names) for v in value)
+    if isinstance(value, dict):
+        return {k: expand(v, names) for k, v in value.items()}
+    return value
+
+
+def experiment(case: Case, names: dict[str, str]) -> str:
+    if case.text is not None:
+        return case.text
+    config = copy.deepcopy(BASE)
+    for key, value in case.edits.items():
+        *sections, last = key.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        if value is DROP:
+            del node[last]
+        else:
+            node[last] = value
+    return json.dumps(expand(config, names), indent=2)
+
+
+def limit_file_size(limit: int) -> None:
+    """In the child: no file may grow past ``limit`` bytes, and a write beyond it fails with EFBIG (SIGXFSZ, which
+    would kill the process instead, is ignored): a disk that fills up."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@dataclass
+class Outcome:
+    names: dict[str, str]
+    before: dict[str, bytes | None]
+    run: Run | None = None
+    after: dict[str, bytes | None] | None = None
+
+
+def prepare(case: Case, folder: Path, data: Path) -> Outcome:
+    """Build the row's files and the earlier run in ``folder`` and snapshot it."""
+    names = {"tmp": str(folder), "data": str(data)}
+    used = re.findall(r"\{(\w+)\}", json.dumps([case.edits, case.args, case.json, case.fragments], default=str))
+    for name in dict.fromkeys(used):
+        if name not in names:
+            names[name] = str(FILES[name](folder))
+    (folder / "bad.json").write_text(experiment(case, names))
+    earlier = folder / "runs" / NAME
+    earlier.mkdir(parents=True)
+    for file, content in EARLIER.items():
+        (earlier / file).write_bytes(content)
+    return Outcome(names, snapshot(folder))
+
+
+def execute(case: Case, folder: Path, outcome: Outcome) -> Outcome:
+    """Run the row's script in ``folder`` and snapshot the folder again."""
+    names = outcome.names
+    preexec = functools.partial(limit_file_size, case.fsize) if case.fsize else None
+    locked = Path(names["unreadable"]) if "unreadable" in names and not ROOT else None
+    if locked is not None:
+        locked.chmod(0)
+    try:
+        outcome.run = run_script(case.script, "--json", expand(case.json, names), *expand(case.args, names),
+                                 cwd=folder, preexec_fn=preexec)
+    finally:
+        if locked is not None:
+            locked.chmod(0o644)
+    outcome.after = snapshot(folder)
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The outcome of every selected row (or the exception that stopped it), run side by side."""
+    selected = [item.callspec.params["case"] for item in request.session.items
+                if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
+    data = tmp_path_factory.mktemp("bad_inputs_data")
+    write_cifar(data, per_batch=8, n_test=10)
+    folders = {case: tmp_path_factory.mktemp(case) for case in selected}
+    results: dict[str, Any] = {}
+    for case in selected:
+        try:
+            results[case] = prepare(CASES[case], folders[case], data)
+        except Exception as exc:  # noqa: BLE001 - reported by the row's own test
+            results[case] = exc
+    ready = [case for case in selected if isinstance(results[case], Outcome)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    with ThreadPoolExecutor(max_workers=cores) as pool:
+        futures = {case: pool.submit(execute, CASES[case], folders[case], results[case])
+                   for case in ready if CASES[case].fsize is None}
+    for case, future in futures.items():
+        results[case] = future.exception() or future.result()
+    for case in ready:  # preexec_fn rows, one at a time now that the pool's threads are gone
+        if CASES[case].fsize is not None:
+            try:
+                results[case] = execute(CASES[case], folders[case], results[case])
+            except Exception as exc:  # noqa: BLE001 - reported by the row's own test
+                results[case] = exc
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ the test
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=row.xfail))
+                                  if row.xfail else case for case, row in CASES.items()])
+def test_user_errors_are_one_line_exit_2_and_touch_nothing(case: str, outcomes: dict[str, Any]) -> None:
+    outcome, row = outcomes[case], CASES[case]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    run = outcome.run
+    assert run is not None and outcome.after is not None
+    report = f"exit {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert run.returncode == 2, report
+    assert "Traceback" not in run.stderr, report
+    lines = run.stderr.splitlines()
+    if row.argparse:
+        line = lines[-1]
+        assert line.startswith(f"{row.script.name}: error: "), report
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), report
+        line = lines[0]
+    for fragment in expand(row.fragments, outcome.names):
+        assert fragment in line, (fragment, line)
+
+    # Nothing touched: the earlier run and every input byte-for-byte, nothing new but what the row may create.
+    assert not [p for p in outcome.after if p.endswith(".tmp")], sorted(outcome.after)
+    assert sorted(set(outcome.after) - set(outcome.before)) == sorted(expand(row.creates, outcome.names))
+    changed = [p for p, content in outcome.before.items() if outcome.after.get(p, b"<gone>") != content]
+    assert changed == [], changed
+    if not row.creates:
+        assert run.path is None  # no "Run directory:" announced
