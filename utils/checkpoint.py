@@ -109,6 +109,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the rest of a team
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -126,6 +127,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> int:
     finally:
         os.close(dir_fd)
     return len(data)
+
+
+@cache
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def make_checkpoint(*, model: torch.nn.Module, arch: dict[str, Any], config: dict[str, Any], epoch: int = 0,
@@ -171,7 +179,9 @@ def check_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint format version {version} is not supported by this version of the tool "
                         f"(it reads version {FORMAT_VERSION}); use the tool version that wrote it "
                         f"(git commit {obj.get('provenance', {}).get('git_commit', 'unknown')})")
-    return obj
+    from utils.compress import expand_checkpoint, is_compressed_checkpoint  # here: utils.compress imports this module
+
+    return expand_checkpoint(obj, source=path) if is_compressed_checkpoint(obj) else obj
 
 
 def model_size_kb(model: torch.nn.Module) -> float:
