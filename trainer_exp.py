@@ -4,6 +4,8 @@
     python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json \
         --resume checkpoints/cifar10_resnet20/last.pth
     python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json --evaluate --resume checkpoints/x/best.pth
+    python trainer_exp.py --json experiments/baseline/cifar10_resnet20.json --evaluate --resume checkpoints/x/best.pth \
+        --export onnx compressed
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def cli() -> int:
 
     cfg = load_config(args.json, args.overrides)
     check_names(cfg, args.json)
-    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, evaluate_only=args.evaluate)
+    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, evaluate_only=args.evaluate,
+                export=tuple(args.export))
 
 
 if __name__ == "__main__":

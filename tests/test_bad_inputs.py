@@ -203,6 +203,10 @@ CASES: dict[str, Case] = {
                                             "model.pretrained")),
     # --set
     "set_without_equals": Case(TRAINER, ("--set train.epochs", "KEY=VALUE"), args=("--set", "train.epochs")),
+    "export_evaluate_without_resume": Case(TRAINER, ("--export with --evaluate", "add --resume CKPT"),
+                                           args=("--evaluate", "--export", "onnx")),
+    "export_unknown_format": Case(TRAINER, ("argument --export", "invalid choice: 'tflite'"),
+                                  args=("--export", "tflite"), argparse=True),
     "set_unknown_key": Case(TRAINER, ("--set train.lrr", "unknown key", "did you mean train.lr?"),
                             args=("--set", "train.lrr=0.1")),
     "set_bad_type": Case(TRAINER, ("--set train.epochs", "expected an integer >= 0", 'got "two"'),

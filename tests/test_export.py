@@ -176,3 +176,35 @@ def test_missing_packages_name_the_fix(tmp_path, monkeypatch) -> None:
 def test_bad_input_size(bad, tmp_path) -> None:
     with pytest.raises(UserError, match="input_size: expected three positive integers"):
         export_onnx(get_model("resnet20", num_classes=10), tmp_path / "m.onnx", bad)
+
+
+# ------------------------------------------------------------------------------------------ through the scripts
+
+
+@pytest.mark.slow
+def test_trainer_exports_the_best_model_and_an_evaluated_checkpoint(tmp_path) -> None:
+    from test_runner import DIGITS, TRAINER, run_script, succeeded, write_config
+
+    from utils.setup import load_toolkit_checkpoint
+
+    config = write_config(tmp_path / "t.json", name="t", seed=0, data=DIGITS, model={"arch": "resnet20"},
+                          train={"epochs": 1, "lr": 0.05}, output={"dir": "runs"})
+    run = succeeded(run_script(TRAINER, "--json", str(config), "--export", "onnx", "compressed", cwd=tmp_path))
+    assert run.path is not None
+    best = load_toolkit_checkpoint(run.path / "best.pth")
+    sparse = load_toolkit_checkpoint(run.path / "best.sparse.pth")
+    for key, tensor in best.model.state_dict().items():
+        assert torch.equal(tensor, sparse.model.state_dict()[key]), key
+    assert f"Exported {run.path.relative_to(tmp_path) / 'best.onnx'}" in run.stdout
+    session = ort.InferenceSession(str(run.path / "best.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # digits are upscaled to 32x32
+    with torch.no_grad():
+        expected = best.model.eval()(x).numpy()
+    np.testing.assert_allclose(session.run(None, {INPUT_NAME: x.numpy()})[0], expected, atol=1e-4, rtol=0)
+
+    before = sorted(p.name for p in run.path.iterdir())
+    evaluated = succeeded(run_script(TRAINER, "--json", str(config), "--evaluate", "--resume",
+                                     str(run.path / "last.pth"), "--export", "compressed-fp16", cwd=tmp_path))
+    assert evaluated.path is None and "[Test]" in evaluated.stdout
+    assert sorted(p.name for p in run.path.iterdir()) == sorted(before + ["last.fp16.sparse.pth"])
+    assert (run.path / "last.fp16.sparse.pth").stat().st_size < (run.path / "last.pth").stat().st_size

@@ -16,11 +16,17 @@ from pathlib import Path
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 
+EXPORT_FORMATS = ("compressed", "compressed-fp16", "onnx")  # --export: written by utils.export.export_model
+
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, metavar="FILE", help="experiment file (see experiments/)")
     parser.add_argument("--gpu", type=int, default=None, metavar="N", help="run on cuda:N (default: the CPU)")
     parser.add_argument("--visdom", action="store_true", help="plot live curves to the visdom server in the config")
+    parser.add_argument("--export", nargs="+", default=[], metavar="FORMAT", choices=EXPORT_FORMATS,
+                        help="also write the final model as: compressed (non-zero values plus a bitmask or indices "
+                             "per tensor), compressed-fp16 (values in half precision), onnx (checked against PyTorch "
+                             "under onnxruntime; needs pip install onnx onnxruntime)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key by its dotted name, e.g. --set data.root=/data "
                              "--set 'data.mean=[0.5,0.5,0.5]' (the value is read as JSON when it parses)")

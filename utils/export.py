@@ -41,10 +41,11 @@ import torch
 from torch import nn
 
 from utils.checkpoint import atomic_write_bytes
+from utils.cli import EXPORT_FORMATS
 from utils.errors import UserError
 
-__all__ = ["CHECK_BATCHES", "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "INPUT_NAME", "OUTPUT_NAME", "export_onnx",
-           "onnx_conv_weight_shapes"]
+__all__ = ["CHECK_BATCHES", "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "INPUT_NAME", "OUTPUT_NAME",
+           "export_model", "export_onnx", "onnx_conv_weight_shapes"]
 
 # Opset 18: the lowest the torch.export-based exporter writes, within the TorchScript exporter's range (<= 20),
 # and run by onnxruntime >= 1.14 and TensorRT >= 8.6.
@@ -207,3 +208,33 @@ def onnx_conv_weight_shapes(path_or_bytes: str | Path | bytes) -> list[tuple[int
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             tensors[node.output[0]] = tuple(numpy_helper.to_array(node.attribute[0].t).shape)
     return [tensors[node.input[1]] for node in graph.node if node.op_type == "Conv"]
+
+
+def export_model(model: nn.Module, checkpoint: dict[str, Any], folder: str | Path, stem: str,
+                 formats: Sequence[str], input_size: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Write ``model`` (whose checkpoint dict is ``checkpoint``) as each of ``formats`` into ``folder``:
+    ``<stem>.sparse.pth`` (non-zero values plus a bitmask or zero-run indices per tensor; ``compressed-fp16``
+    stores the values in half precision) and ``<stem>.onnx``. Returns each format's report and prints a line each.
+    """
+    from utils.compress import save_compressed
+
+    folder = Path(folder)
+    reports: dict[str, dict[str, Any]] = {}
+    for fmt in dict.fromkeys(formats):
+        if fmt.startswith("compressed"):
+            fp16 = fmt == "compressed-fp16"
+            path = folder / f"{stem}{'.fp16' if fp16 else ''}.sparse.pth"
+            report = save_compressed(path, checkpoint, fp16=fp16)
+            reports[fmt] = {"path": str(path), "file_bytes": report["file_bytes"],
+                            "dense_file_bytes": report["dense_file_bytes"], "encodings": report["encodings"]}
+            print(f"Exported {path}: {report['file_bytes']:,} bytes ({report['dense_file_bytes']:,} as an ordinary "
+                  f"checkpoint, {100 * report['file_bytes'] / report['dense_file_bytes']:.1f}%)")
+        elif fmt == "onnx":
+            report = export_onnx(model, folder / f"{stem}.onnx", input_size)
+            reports[fmt] = report
+            checked = (f"onnxruntime matches PyTorch to {report['max_abs_diff']:.1e}" if report["checked"]
+                       else "not checked: onnxruntime is not installed")
+            print(f"Exported {report['path']}: {report['bytes']:,} bytes; {checked}")
+        else:
+            raise UserError(f"--export {fmt}: unknown format; known: {', '.join(EXPORT_FORMATS)}")
+    return reports

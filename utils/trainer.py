@@ -10,6 +10,7 @@ from utils.checkpoint import model_size_kb, provenance
 from utils.config import ExperimentConfig
 from utils.engine import evaluate
 from utils.errors import UserError
+from utils.export import export_model
 from utils.run import RunDir
 from utils.setup import (
     build_data,
@@ -23,7 +24,10 @@ from utils.training import fit
 
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
-         evaluate_only: bool = False) -> int:
+         evaluate_only: bool = False, export: tuple[str, ...] = ()) -> int:
+    if export and evaluate_only and resume is None:
+        raise UserError("--export with --evaluate exports the checkpoint given with --resume, beside it; add "
+                        "--resume CKPT")
     device = select_device(gpu)
     seed_everything(cfg.seed)
     data = build_data(cfg, train=not evaluate_only, pin_memory=device.type == "cuda")
@@ -37,6 +41,9 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         stats = evaluate(model, data.test_loader, nn.CrossEntropyLoss(), device)
         source = resume or cfg.model.checkpoint or "untrained weights"
         print(f"[Test] {source}: Top1: {stats['top1']:.4f}, Top5: {stats['top5']:.4f}, Loss: {stats['loss']:.4f}")
+        if export:
+            path = Path(resume)
+            export_model(model, loaded.checkpoint, path.parent, path.stem, export, data.input_size)
         return 0
 
     if cfg.train.epochs == 0:
@@ -70,4 +77,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         print(f"Best test accuracy: {result.best_top1:.4f}")
     print(f"Model size: {model_size_kb(model):.0f} Kb")
     print(f"Checkpoints: {run / 'last.pth'}, {run / 'best.pth'}")
+    if export:  # the best epoch's model, as a user ships it
+        best = load_toolkit_checkpoint(run / "best.pth")
+        export_model(best.model, best.checkpoint, run.path, "best", export, data.input_size)
     return 0
