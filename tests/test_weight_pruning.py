@@ -515,6 +515,19 @@ def test_property_thresholds_monotonic_in_ratio(net, a, b, scope):
         assert t_low[key] <= t_high[key]
 
 
+@settings(max_examples=60, deadline=None)
+@given(net=conv_nets(), percent=ratios, scope=st.sampled_from(SCOPES))
+def test_property_pruning_twice_is_idempotent(net, percent, scope):
+    first = prune_weights(net, percent=percent, scope=scope)
+    weights = {name: p.detach().clone() for name, p in net.named_parameters()}
+    second = prune_weights(net, percent=percent, scope=scope)
+    assert first.masks.keys() == second.masks.keys()
+    for name, mask in first.masks.items():
+        assert torch.equal(mask, second.masks[name]), name
+    for name, p in net.named_parameters():
+        assert torch.equal(p, weights[name]), name
+
+
 # --- tables --------------------------------------------------------------------------------------------------------
 
 
