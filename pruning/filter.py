@@ -8,7 +8,8 @@ The three parts, each in its own module so that a new architecture or criterion 
 * **how** they are scored: :mod:`pruning.importance` (L1 norm of each filter; ``greedy`` leaves out the
   kernels on channels just removed from the previous layer, ``independent`` does not);
 * **what** is done: :mod:`pruning.surgery` replaces the modules with smaller ones, once (one-shot; prune
-  again for an iterative schedule).
+  again for an iterative schedule), or :func:`filter_masks` zeroes the filters instead, for a schedule that
+  prunes while training and removes them at the end (:mod:`pruning.schedule`).
 
 How many filters go: ``channels`` gives the count per layer; ``ratios`` a fraction ``r`` of the layer's
 ``n`` filters, and the layer keeps ``floor((1 - r) * n)`` of them, i.e. ``ceil(r * n)`` are removed. That
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,8 @@ from pruning.registry import register_method
 from pruning.surgery import pruned_shapes, remove_channels
 from utils.errors import UserError
 
-__all__ = ["STRATEGIES", "FilterPruneResult", "filters_to_remove", "prune_filters"]
+__all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "filter_masks", "filters_to_remove", "masked_filters",
+           "plan_filters", "prune_filters", "remove_filters", "select_filters"]
 
 STRATEGIES = ("independent", "greedy")
 """``independent``: every layer ranked on the original weights; ``greedy``: kernels on input channels
@@ -156,19 +158,29 @@ def _plan(graph: ChannelGraph, names: LayerNames, layers: Sequence[str], kind: s
     return plan
 
 
-@register_method("filter")
-def prune_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
-                  ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
-                  example_input: torch.Tensor | None = None) -> FilterPruneResult:
-    """Remove the smallest-L1 filters of ``layers`` from ``model``, physically and in place.
+@dataclass(frozen=True)
+class FilterPlan:
+    """A filter-pruning spec resolved against a model, before anything is removed.
 
-    ``layers``: names from :func:`pruning.dependency.layer_names` (``conv7``, ``layer2``, ``block3``, a conv's
-    module name); empty means every layer that may be pruned alone. ``channels`` (filters to remove) or
-    ``ratios`` (fraction of each layer's filters; ``ceil(r * n)`` go): exactly one, with one value for all
-    layers or one per ``layers`` entry (a selector's value applies to each layer in it). ``skip``: layers
-    to leave out. ``example_input``: one batch of the size the model takes (default: 3x32x32 for the CIFAR
-    models, 3x224x224 otherwise), used only to trace shapes.
+    ``groups``: ``{channel group index: (the requested layers writing it, filters to remove)}``; ``graph`` and
+    ``names`` are the model's channel graph and layer names. Valid for the model as it was planned on: removing
+    filters physically changes the groups' sizes (plan again then); masking them does not.
     """
+
+    graph: ChannelGraph
+    names: LayerNames
+    groups: dict[int, tuple[list[str], int]]
+    strategy: str
+
+    def layer_counts(self) -> dict[str, int]:
+        """``{layer: filters to remove}`` for every requested layer (coupled layers each listed)."""
+        return {layer: count for layers, count in self.groups.values() for layer in layers}
+
+
+def plan_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
+                 ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
+                 example_input: torch.Tensor | None = None) -> FilterPlan:
+    """Check a spec (the options of :func:`prune_filters`) against ``model`` and resolve it; nothing is changed."""
     if strategy not in STRATEGIES:
         raise UserError(f"prune.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     graph = analyse(model, example_input)
@@ -181,33 +193,111 @@ def prune_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Seq
         kind, values = _amounts(channels, ratios, None)
         layers = [name for name in names.layers if graph.group_of(names.module(name)).prunable_alone]
         values = values * len(layers)
-    plan = _plan(graph, names, layers, kind, values, skip)
+    return FilterPlan(graph=graph, names=names, groups=_plan(graph, names, layers, kind, values, skip),
+                      strategy=strategy)
 
-    # Rank in input order, so that greedy sees the removals of the layer before.
+
+def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int] | None = None,
+                   first: dict[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
+    """``{group index: the channels to remove, sorted}``: the ``count`` smallest-scored of each planned group.
+
+    ``counts`` overrides the plan's counts per group (a schedule on its way to them); ``first``: channels of a
+    group that go before any other whatever their score (those a gradual schedule has already masked: they are
+    zero and would rank first anyway, this only makes it certain when another filter is exactly zero too).
+    """
     removed_of_group: dict[int, list[int]] = {}
-    for index in sorted(plan):
-        group, (_, count) = graph.groups[index], plan[index]
+    # Rank in input order, so that greedy sees the removals of the layer before.
+    for index in sorted(plan.groups):
+        group = plan.graph.groups[index]
+        count = plan.groups[index][1] if counts is None else counts[index]
         ignore = {}
-        if strategy == "greedy":
+        if plan.strategy == "greedy":
             for producer in group.producers:
-                read = graph.reads.get(producer)
+                read = plan.graph.reads.get(producer)
                 if read is not None and removed_of_group.get(read):
                     ignore[producer] = removed_of_group[read]
         scores = group_scores(model, group, ignore_in_channels=ignore)
+        if first and first.get(index):
+            if len(first[index]) > count:
+                raise ValueError(f"group {index}: {len(first[index])} channels are already removed, more than the "
+                                 f"{count} asked for; a schedule's counts must not decrease")
+            scores[torch.as_tensor(list(first[index]), dtype=torch.long)] = -1.0
         order = torch.argsort(scores, stable=True)
         removed_of_group[index] = sorted(order[:count].tolist())
+    return removed_of_group
 
-    removed: dict[str, list[int]] = {}
+
+def filter_masks(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Masks (True = kept) that zero the ``removed`` channels of every planned group instead of removing them.
+
+    A channel is zero downstream of its writers when each writer's filter (weight row and bias) and each BatchNorm
+    scale and shift on it are zero: BatchNorm then outputs ``0 * x_hat + 0 = 0`` in training and in eval mode,
+    a depthwise conv on a zero channel gives its bias (zeroed too), activations keep 0 at 0, and a residual sum
+    of zero channels is zero. So the masked model computes exactly what the model with the channels physically
+    removed computes (:mod:`pruning.sensitivity` relies on the same identity), and the readers of the channel
+    (next conv, linear layer) need no mask: their weights on it multiply zeros, and go with the channel when it
+    is removed. Every parameter of every planned group gets a mask, all True where nothing is removed yet, so the
+    set of masks is the same at every step of a schedule.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    for index in sorted(plan.groups):
+        group = plan.graph.groups[index]
+        gone = torch.as_tensor(sorted(removed.get(index, ())), dtype=torch.long)
+        for name in group.producers + group.depthwise + group.norms:
+            module = model.get_submodule(name)
+            for param_name in ("weight", "bias"):
+                param = getattr(module, param_name, None)
+                if param is None:
+                    continue
+                mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)
+                mask[gone.to(param.device)] = False  # output channel = dim 0 for conv, depthwise conv and BN
+                masks[f"{name}.{param_name}"] = mask
+    return masks
+
+
+def masked_filters(plan: FilterPlan, masks: Mapping[str, torch.Tensor]) -> dict[int, list[int]]:
+    """The channels of each planned group that ``masks`` (from :func:`filter_masks`) zero: ``{group: [channels]}``."""
+    found: dict[int, list[int]] = {}
+    for index in sorted(plan.groups):
+        kept = masks[f"{plan.graph.groups[index].producers[0]}.weight"]
+        found[index] = [c for c, row in enumerate(kept.flatten(1).any(dim=1).tolist()) if not row]
+    return found
+
+
+def remove_filters(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence[int]]) -> FilterPruneResult:
+    """Remove the ``removed`` channels of the planned groups from ``model``, physically and in place."""
+    removed_by_layer: dict[str, list[int]] = {}
     widths: dict[str, tuple[int, int]] = {}
     modules: dict[str, str] = {}
-    for index in sorted(plan):
-        group, gone = graph.groups[index], removed_of_group[index]
-        for layer in plan[index][0]:
-            removed[layer] = list(gone)
+    for index in sorted(plan.groups):
+        group, gone = plan.graph.groups[index], sorted(removed.get(index, ()))
+        for layer in plan.groups[index][0]:
+            removed_by_layer[layer] = list(gone)
             widths[layer] = (group.channels, group.channels - len(gone))
-            modules[layer] = names.module(layer)
+            modules[layer] = plan.names.module(layer)
         if gone:
             gone_set = set(gone)
             remove_channels(model, group, [c for c in range(group.channels) if c not in gone_set])
-    return FilterPruneResult(removed=removed, widths=widths, modules=modules, shapes=pruned_shapes(model),
-                             strategy=strategy)
+    return FilterPruneResult(removed=removed_by_layer, widths=widths, modules=modules, shapes=pruned_shapes(model),
+                             strategy=plan.strategy)
+
+
+@register_method("filter")
+def prune_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
+                  ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
+                  example_input: torch.Tensor | None = None) -> FilterPruneResult:
+    """Remove the smallest-L1 filters of ``layers`` from ``model``, physically and in place.
+
+    ``layers``: names from :func:`pruning.dependency.layer_names` (``conv7``, ``layer2``, ``block3``, a conv's
+    module name); empty means every layer that may be pruned alone. ``channels`` (filters to remove) or
+    ``ratios`` (fraction of each layer's filters; ``ceil(r * n)`` go): exactly one, with one value for all
+    layers or one per ``layers`` entry (a selector's value applies to each layer in it). ``skip``: layers
+    to leave out. ``example_input``: one batch of the size the model takes (default: 3x32x32 for the CIFAR
+    models, 3x224x224 otherwise), used only to trace shapes.
+
+    The three steps, for callers that need them apart (a schedule masks before it removes): :func:`plan_filters`,
+    :func:`select_filters`, :func:`remove_filters` (or :func:`filter_masks`).
+    """
+    plan = plan_filters(model, layers=layers, channels=channels, ratios=ratios, strategy=strategy, skip=skip,
+                        example_input=example_input)
+    return remove_filters(model, plan, select_filters(model, plan))

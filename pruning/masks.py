@@ -77,17 +77,40 @@ class MaskKeeper:
 
     The keeper binds the ``nn.Parameter`` objects present at construction, so build it after the
     model's weights are loaded (``load_state_dict`` copies into the same parameters, which is fine).
+    :meth:`update` swaps the masks while training goes on (gradual pruning).
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        params = validate_masks(model, masks)
+        self._model = model
+        self._handles: list[RemovableHandle] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._set(masks)
+
+    def _set(self, masks: Mapping[str, torch.Tensor]) -> None:
+        params = validate_masks(self._model, masks)
         self._masks = {name: mask.detach().to("cpu", copy=True) for name, mask in masks.items()}
         # Only parameters with at least one pruned entry need work on every step.
         self._entries: list[tuple[nn.Parameter, torch.Tensor]] = [
             (params[name], (~mask).to(params[name].device))
             for name, mask in masks.items() if not bool(mask.all())
         ]
-        self._handles: list[RemovableHandle] = []
+
+    @torch.no_grad()
+    def update(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Hold ``masks`` from now on (gradual pruning: a schedule prunes more while training goes on).
+
+        The newly pruned weights are zeroed at once, and so is the optimizer state at every pruned position of the
+        attached optimizers (SGD momentum, Adam moments: any state tensor shaped like its parameter): momentum
+        gathered before the weight was pruned would otherwise keep pushing it away from zero at every step, to be
+        zeroed again by the post-step hook, and would be saved in checkpoints as if it meant something.
+        """
+        self._set(masks)
+        for optimizer in self._optimizers:
+            for param, pruned in self._entries:
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        value.masked_fill_(pruned.to(value.device), 0)
+        self.apply()
 
     @classmethod
     def from_state_dict(cls, model: nn.Module, state: Mapping[str, torch.Tensor]) -> MaskKeeper:
@@ -136,6 +159,7 @@ class MaskKeeper:
         self.apply()
         self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
         self._handles.append(optimizer.register_step_post_hook(self._post_step))
+        self._optimizers.append(optimizer)
         return self
 
     def detach(self) -> None:
@@ -143,3 +167,4 @@ class MaskKeeper:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._optimizers.clear()

@@ -6,7 +6,8 @@ Kept in the three parts the style guide asks for, so that a new criterion or gro
   weights; biases and BatchNorm are never pruned) and the ``scope`` groups them (:func:`_groups`);
 * **how** they are scored: :func:`magnitude`, the absolute value;
 * **what** is done: the ``k`` lowest-scored weights of each group are masked (:func:`_select_smallest`)
-  and zeroed (:func:`pruning.masks.apply_masks`), once (one-shot; iterate by calling again).
+  and zeroed (:func:`pruning.masks.apply_masks`), once (one-shot); :func:`prune_weights_further` prunes an
+  already pruned model to a higher ratio, for the schedules of :mod:`pruning.schedule`.
 
 Exactness matters more than it looks: the sweep table compares ratios 0.3, 0.4, ... and a threshold
 compare (``|w| <= t``) over-prunes whenever weights tie (a half-pruned model is full of zeros, which
@@ -16,6 +17,7 @@ all tie). So each group of ``n`` weights loses exactly ``k = round(percent * n)`
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +28,7 @@ from pruning.registry import register_method
 from utils.errors import UserError
 
 __all__ = ["KINDS", "SCOPES", "WeightPruneResult", "apply_masks", "check_percent", "check_scope", "compute_masks",
-           "magnitude", "prunable_weights", "prune_weights"]
+           "magnitude", "prunable_weights", "prune_weights", "prune_weights_further"]
 
 SCOPES = ("layer_type", "global", "layer")
 """``layer_type``: one threshold for all conv weights, one for all linear weights (Han et al.'s
@@ -128,12 +130,17 @@ def _select_smallest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, float]
     return selected, float(threshold)
 
 
-def compute_masks(model: nn.Module, percent: float, scope: str) -> WeightPruneResult:
+def compute_masks(model: nn.Module, percent: float, scope: str, *,
+                  pruned: Mapping[str, torch.Tensor] | None = None) -> WeightPruneResult:
     """Decide which weights to prune, without touching the model.
 
     In each group (see :data:`SCOPES`) of ``n`` weights exactly ``k = round(percent * n)`` weights
     with the smallest ``|w|`` are pruned (Python's ``round``: halves go to the even integer), so
     the achieved sparsity equals the request to within half a weight per group.
+
+    ``pruned``: masks of an earlier pruning (True = kept). Their pruned weights rank below every other one,
+    so they stay pruned as long as ``k`` covers them. They are zero and would rank first anyway; this only
+    makes it certain when a kept weight happens to be exactly zero too.
     """
     percent = check_percent(percent)
     scope = check_scope(scope)
@@ -151,7 +158,13 @@ def compute_masks(model: nn.Module, percent: float, scope: str) -> WeightPruneRe
                 scores = magnitude(params[0])
             else:
                 scores = torch.cat([p.detach().flatten() for p in params]).abs_()
-            selected, thresholds[key] = _select_smallest(scores, round(percent * scores.numel()))
+            if pruned:
+                earlier = torch.cat([~pruned[name].to(scores.device).flatten() if name in pruned else
+                                     torch.zeros(weights[name][1].numel(), dtype=torch.bool, device=scores.device)
+                                     for name in names])
+                scores.masked_fill_(earlier, -1.0)
+            selected, threshold = _select_smallest(scores, round(percent * scores.numel()))
+            thresholds[key] = max(threshold, 0.0)  # -1 only marks the earlier pruned weights
             kept = ~selected
             for name, part in zip(names, kept.split([p.numel() for p in params]), strict=True):
                 # clone: each mask owns its storage, so saving one mask does not save the whole group.
@@ -162,6 +175,23 @@ def compute_masks(model: nn.Module, percent: float, scope: str) -> WeightPruneRe
         thresholds.update({kind: thresholds["global"] for kind in KINDS if kind in present})
     return WeightPruneResult(percent=percent, scope=scope, masks={name: masks[name] for name in weights},
                              thresholds=thresholds)
+
+
+def prune_weights_further(model: nn.Module, masks: Mapping[str, torch.Tensor], *, percent: float,
+                          scope: str = "layer_type") -> WeightPruneResult:
+    """Prune an already pruned ``model`` (``masks``: what is pruned now) to ``percent``, in place.
+
+    The ranking is redone on the current weights (after retraining, the weights that matter have changed), as in
+    Han et al.'s iterative pruning and Zhu & Gupta's gradual pruning; the weights pruned before stay pruned, so
+    the new masks only grow. A ``percent`` below what ``masks`` already prunes in a group is a programming error.
+    """
+    result = compute_masks(model, percent, scope, pruned=masks)
+    for name, mask in masks.items():
+        if bool((mask.to(result.masks[name].device) < result.masks[name]).any()):
+            raise ValueError(f"{name}: pruning to {percent:g} would revive weights pruned before; a schedule's "
+                             "ratios must not decrease")
+    apply_masks(model, result.masks)
+    return result
 
 
 @register_method("weight")

@@ -153,6 +153,19 @@ class PruneConfig:
                                         check=_non_negative, expect="a number >= 0")
     sensitivity_at: float = _opt(0.5, "`sensitivity`: the pruned fraction at which `sensitivity_tolerance` is "
                                  "checked.", check=lambda v: 0 < v < 1, expect="a number in (0, 1)")
+    schedule: str = _opt("one_shot", "`weight`/`filter`: when to prune. `one_shot` (prune once, then retrain "
+                         "`retrain.epochs`), `iterative` (`rounds` times: prune to a growing ratio, then retrain "
+                         "`retrain.epochs / rounds` epochs) or `agp` (Zhu & Gupta's gradual pruning: every `frequency` "
+                         "optimizer steps of the `retrain.epochs`). `retrain.epochs` is the total retraining budget in "
+                         "all three; the ratios follow the cubic ramp (README, Pruning schedules).",
+                         choices=("one_shot", "iterative", "agp"))
+    rounds: int = _opt(4, "`iterative`: prune-and-retrain rounds; `retrain.epochs` must be a multiple of it.",
+                       check=_positive, expect="a positive integer")
+    frequency: int = _opt(100, "`agp`: optimizer steps between two pruning steps.", check=_positive,
+                          expect="a positive integer")
+    agp_end: float = _opt(0.75, "`agp`: the fraction of the retraining steps over which the sparsity ramps up; the "
+                          "rest trains at the final sparsity.", check=lambda v: 0 < v <= 1,
+                          expect="a number in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -295,7 +308,30 @@ class _Validator:
             values[name] = converted
         if cls is PruneConfig and values.get("method", "weight") == "weight":
             self.check_weight_pruning(values, prefix)
+        if cls is ExperimentConfig:
+            self.check_schedule(values["prune"], values["retrain"])
         return cls(**values)
+
+    def check_schedule(self, prune: PruneConfig, retrain: OptimConfig) -> None:
+        """A schedule that cannot run with the rest of the file: an error before any work (the rest at run time)."""
+        if prune.schedule == "one_shot":
+            return
+        schedule = json.dumps(prune.schedule)
+        if prune.method == "sensitivity":
+            raise self.fail("prune.schedule", f'{schedule} prunes and retrains; prune.method "sensitivity" only '
+                            'evaluates each layer pruned once. Remove prune.schedule or set it to "one_shot"')
+        if retrain.epochs == 0:
+            how = ("the total over all prune.rounds, a multiple of them" if prune.schedule == "iterative" else
+                   "the epochs during which the model is pruned gradually")
+            raise self.fail("prune.schedule", f"{schedule} needs retraining, but retrain.epochs is 0; set "
+                            f"retrain.epochs ({how}), or use prune.schedule \"one_shot\"")
+        rounds, epochs = prune.rounds, retrain.epochs
+        if prune.schedule == "iterative" and epochs % rounds:
+            lower, upper = epochs - epochs % rounds, epochs - epochs % rounds + rounds
+            options = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+            raise self.fail("retrain.epochs", f"{epochs} is the total retraining budget of the {rounds} rounds of "
+                            f'prune.schedule "iterative" and must split evenly over them; set retrain.epochs to '
+                            f"{options}, or prune.rounds to a divisor of {epochs}")
 
     def check_weight_pruning(self, values: dict[str, Any], prefix: str) -> None:
         """A layer or filter choice that ``prune.method`` "weight" would ignore is an error (_LAYER_SPEC_METHODS)."""

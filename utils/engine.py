@@ -81,12 +81,15 @@ class Meter:
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, print_freq: int = 0, meter: Meter | None = None,
-                    stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+                    stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[int], None] | None = None) -> dict[str, float] | None:
     """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
 
     ``meter`` carries the sums of an epoch resumed in its middle (``loader`` then yields only the batches not yet
     seen, and steps are numbered on from ``meter.steps``). When ``stop()`` turns true after a step, the epoch ends
     there and None is returned: ``meter`` then holds what a checkpoint needs to finish the epoch later.
+    ``on_step(step)`` runs after each optimizer step (before ``stop()`` is asked), with the step's number in the
+    epoch from 1: a gradual pruning schedule prunes there.
 
     Pruning masks are held by optimizer hooks (:class:`pruning.masks.MaskKeeper`), so this loop does not
     need to know whether the model is pruned.
@@ -112,6 +115,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             stats = meter.result()
             line = f"Epoch {epoch} step {step}: loss {stats['loss']:.4f}, top1 {stats['top1']:.2f}"
             print(line, flush=True) if bar is None else bar.set_postfix_str(line)
+        if on_step is not None:
+            on_step(step)
         if stop is not None and stop():
             check_finite(meter, epoch)  # never save a diverged model as resumable
             if bar is not None:

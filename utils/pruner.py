@@ -7,12 +7,17 @@
 - ``filter``: one physical filter-pruning run with the before/after report (parameters, MACs, size, accuracy,
   latency).
 - ``sensitivity``: every conv layer pruned alone at several ratios and evaluated without retraining.
+
+``weight`` and ``filter`` follow ``prune.schedule`` (:mod:`pruning.schedule`): ``one_shot``, ``iterative`` rounds
+(one ``fit`` per round, so that filter pruning gets a fresh optimizer for its new shapes) or ``agp`` (one ``fit``
+that prunes from its step hook; filters are zeroed while training and removed at the end).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -23,7 +28,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb, provenance
-from utils.config import ExperimentConfig
+from utils.config import ExperimentConfig, OptimConfig
 from utils.engine import evaluate
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
@@ -38,7 +43,7 @@ from utils.setup import (
     seed_everything,
     select_device,
 )
-from utils.training import FitResult, fit
+from utils.training import FitResult, StepHook, fit
 
 
 @dataclass
@@ -59,8 +64,15 @@ class Session:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
 
     def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
-                 prefix: str = "", extra: dict[str, Any] | None = None) -> FitResult:
+                 prefix: str = "", extra: dict[str, Any] | None = None, optim: OptimConfig | None = None,
+                 on_step: StepHook | None = None, epoch_offset: int = 0, best_after: int = 0) -> FitResult:
+        """Retrain ``model`` (``optim``: default ``retrain``) into ``run``; the rest goes to :func:`fit`.
+
+        When resuming, a ``last.pth`` in ``run`` means this retraining had started: it goes on from there
+        (weights and masks from the file), and a complete one returns at once with its history.
+        """
         cfg = self.cfg
+        optim = optim or cfg.retrain
         resume = None
         if self.resuming and (run / "last.pth").exists():  # this model's retraining had started: go on from there
             resume = load_toolkit_checkpoint(run / "last.pth", expect_arch=cfg.model.arch).checkpoint
@@ -68,13 +80,14 @@ class Session:
             masks = resume.get("masks") or None
             step = (resume.get("progress") or {}).get("step", 0)
             print(f"Resuming {run / 'last.pth'} at epoch {resume.get('epoch', 0)}" + (f", step {step}" if step else ""))
-        print(f"Retraining for {cfg.retrain.epochs} epochs (lr {cfg.retrain.lr:g}"
+        print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
               + ("; pruned weights held at zero)" if masks else ")"))
         try:
             return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader,
-                       optim=cfg.retrain, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
+                       optim=optim, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
                        masks=masks, visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix),
-                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run)
+                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run,
+                       on_step=on_step, epoch_offset=epoch_offset, best_after=best_after)
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
@@ -117,6 +130,8 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     loaded = build_model(cfg, data.num_classes)
     loaded.model.to(device)
     prepared = prepare_pruning(cfg, loaded.model, _example_input(data.input_size, device))
+    if retrains and cfg.prune.schedule == "agp":
+        _agp_plan(cfg, data, 1.0)  # a frequency that leaves no pruning step is an error before the run directory
     config = {**cfg.to_dict(), "provenance": provenance(device)}
     if resume is None:
         run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
@@ -152,6 +167,11 @@ def open_run_to_resume(path: str, cfg: ExperimentConfig) -> RunDir:
             key, was, now = difference
             raise UserError(f"--resume {path}: {key} was {json.dumps(was)} in that run but is {json.dumps(now)} "
                             "now; resume with the settings it was started with (its config.json), or start a new run")
+    was_epochs = (saved.get("retrain") or {}).get("epochs")
+    if cfg.prune.schedule != "one_shot" and was_epochs != cfg.retrain.epochs:
+        raise UserError(f"--resume {path}: retrain.epochs was {json.dumps(was_epochs)} in that run but is "
+                        f"{cfg.retrain.epochs} now; prune.schedule {json.dumps(cfg.prune.schedule)} spreads its "
+                        "pruning over the retraining, so resume with the epochs it was started with")
     if saved.get("retrain") != current["retrain"]:
         print("note: the retrain section differs from the one the run started with; continuing with the "
               "experiment file's")
@@ -219,7 +239,7 @@ def format_layer_sweep_table(rows: list[dict[str, Any]]) -> str:
 
 @register_runner("weight")
 def run_weight_sweep(s: Session) -> None:
-    from pruning import format_sweep_table, prune_weights, sparsity_report
+    from pruning import format_sweep_table, sparsity_report
 
     cfg, original = s.cfg, s.loaded.model
     base = s.evaluate(original, "baseline")
@@ -228,38 +248,23 @@ def run_weight_sweep(s: Session) -> None:
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
     s.run.append_metrics({"phase": "baseline", **base})
 
+    schedule = cfg.prune.schedule
     rows: list[dict[str, Any]] = []
     for percent in cfg.prune.percent:
-        model = copy.deepcopy(original)
-        outcome = prune_weights(model, percent=percent, scope=cfg.prune.scope)
-        stats = s.evaluate(model, f"pruned {percent:g}")
-        report = sparsity_report(model)
-        print(f"Pruned {percent:g}: Top1 {stats['top1']:.2f}, Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}, "
-              f"conv sparsity {_pct(report.get('conv'))}, fc sparsity {_pct(report.get('fc'))}")
-        s.run.append_metrics({"phase": "pruned", "prune_percent": percent, **stats})
-        masks = dict(outcome.masks)
-        row: dict[str, Any] = {
-            "prune_percent": percent, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
-            "thresholds": dict(outcome.thresholds), "sparsity": report,
-            "checkpoint": s.save_pruned(model, f"p{percent:g}/pruned.pth", arch=s.loaded.arch, masks=masks,
-                                        metrics=stats),
-        }
-        if cfg.retrain.epochs > 0:
-            result = s.finetune(model, run=RunDir(s.run / f"p{percent:g}"), arch=s.loaded.arch, masks=masks,
-                                prefix=f"p{percent:g} ", extra={"prune_percent": percent})
-            row.update(top1_finetuned=result.last["top1"], top5_finetuned=result.last["top5"],
-                       best_top1_finetuned=result.best_top1, average_top1_finetuned=result.average_top1,
-                       sparsity_finetuned=_summary(sparsity_report(model)))
-            print(f"Average test accuracy: {result.average_top1:.4f}")
-        rows.append(row)
+        model = copy.deepcopy(original)  # every ratio runs its whole schedule from the unpruned weights
+        rows.append(WEIGHT_SCHEDULES[schedule](s, model, percent))
 
     table = format_sweep_table(baseline["top1"], rows)
+    if schedule != "one_shot":  # the earlier rounds / steps were retrained: the first row is not "without" it
+        table = table.replace("| top1 (without fine-tune) |", "| top1 (at the last pruning step) |", 1)
     layer_table = format_layer_sweep_table(rows)
-    title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}"
-    print(f"\n{title}\n\n{table}\n\nPer-layer sparsity (%):\n\n{layer_table}\n")
-    s.run.write_text("results.md", f"{title}\n\n{table}\n\n### Per-layer sparsity (%)\n\n{layer_table}\n")
+    title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}{_schedule_title(cfg)}"
+    rounds = format_rounds_tables(rows)
+    print(f"\n{title}\n\n{table}\n\n{rounds}Per-layer sparsity (%):\n\n{layer_table}\n")
+    s.run.write_text("results.md", f"{title}\n\n{table}\n\n{rounds}### Per-layer sparsity (%)\n\n{layer_table}\n")
     s.run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": "weight",
-                                      "scope": cfg.prune.scope, "baseline": baseline, "rows": rows,
+                                      "scope": cfg.prune.scope, "schedule": _schedule_record(cfg),
+                                      "baseline": baseline, "rows": rows,
                                       "provenance": s.config["provenance"], "seed": cfg.seed})
     ratios = [r["prune_percent"] for r in rows]
     s.logger.log_sweep(ratios, [r["top1"] for r in rows])
@@ -267,6 +272,196 @@ def run_weight_sweep(s: Session) -> None:
         s.logger.log_sweep(ratios, [r["top1_finetuned"] for r in rows], name="top1 (fine-tuned)")
     s.logger.log_text(table)
     print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")
+
+
+def _weight_one_shot(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
+    """Prune once to ``percent``, evaluate, save ``p<ratio>/pruned.pth``, retrain ``retrain.epochs``."""
+    from pruning import prune_weights, sparsity_report
+
+    cfg = s.cfg
+    outcome = prune_weights(model, percent=percent, scope=cfg.prune.scope)
+    stats = s.evaluate(model, f"pruned {percent:g}")
+    report = sparsity_report(model)
+    print(f"Pruned {percent:g}: Top1 {stats['top1']:.2f}, Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}, "
+          f"conv sparsity {_pct(report.get('conv'))}, fc sparsity {_pct(report.get('fc'))}")
+    s.run.append_metrics({"phase": "pruned", "prune_percent": percent, **stats})
+    masks = dict(outcome.masks)
+    row: dict[str, Any] = {
+        "prune_percent": percent, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
+        "thresholds": dict(outcome.thresholds), "sparsity": report,
+        "checkpoint": s.save_pruned(model, f"p{percent:g}/pruned.pth", arch=s.loaded.arch, masks=masks,
+                                    metrics=stats),
+    }
+    if cfg.retrain.epochs > 0:
+        result = s.finetune(model, run=RunDir(s.run / f"p{percent:g}"), arch=s.loaded.arch, masks=masks,
+                            prefix=f"p{percent:g} ", extra={"prune_percent": percent})
+        _add_finetuned(row, result, model)
+    return row
+
+
+def _add_finetuned(row: dict[str, Any], result: FitResult, model: nn.Module) -> None:
+    from pruning import sparsity_report
+
+    row.update(top1_finetuned=result.last["top1"], top5_finetuned=result.last["top5"],
+               best_top1_finetuned=result.best_top1, average_top1_finetuned=result.average_top1,
+               sparsity_finetuned=_summary(sparsity_report(model)))
+    print(f"Average test accuracy: {result.average_top1:.4f}")
+
+
+def _weight_iterative(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
+    """``prune.rounds`` rounds of pruning to the next ratio of the cubic ramp and retraining ``epochs / rounds``.
+
+    Round ``i`` of ``R`` writes ``p<ratio>/round<i>/`` (``pruned.pth``, ``last.pth``, ``best.pth``), the last round
+    ``p<ratio>/`` itself, so the final model is where a one-shot run puts it. Resuming: each round prunes again
+    from the weights the round before ended with (its ``last.pth``; deterministic), and retraining goes on from the
+    round's own ``last.pth`` when there is one, so a complete round is not retrained.
+    """
+    from pruning import prune_weights, sparsity_report
+    from pruning.schedule import epochs_per_round, round_ratios
+    from pruning.weight import prune_weights_further
+
+    cfg, p = s.cfg, s.cfg.prune
+    per_round = epochs_per_round(cfg.retrain.epochs, p.rounds)
+    optim = dataclasses.replace(cfg.retrain, epochs=per_round)
+    folder = f"p{percent:g}"
+    masks: dict[str, torch.Tensor] | None = None
+    rounds: list[dict[str, Any]] = []
+    for i, ratio in enumerate(round_ratios(percent, p.rounds), start=1):
+        where = folder if i == p.rounds else f"{folder}/round{i}"
+        if masks is None:
+            outcome = prune_weights(model, percent=ratio, scope=p.scope)
+        else:
+            outcome = prune_weights_further(model, masks, percent=ratio, scope=p.scope)
+        masks = dict(outcome.masks)
+        stats = s.evaluate(model, f"pruned {percent:g}, round {i}")
+        report = sparsity_report(model)
+        print(f"Pruned {percent:g}, round {i}/{p.rounds} to {ratio:.4g}: Top1 {stats['top1']:.2f}, "
+              f"Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}, conv sparsity {_pct(report.get('conv'))}, "
+              f"fc sparsity {_pct(report.get('fc'))}")
+        s.run.append_metrics({"phase": "pruned", "prune_percent": percent, "round": i, "ratio": ratio, **stats})
+        checkpoint = s.save_pruned(model, f"{where}/pruned.pth", arch=s.loaded.arch, masks=masks, metrics=stats)
+        result = s.finetune(model, run=RunDir(s.run / where), arch=s.loaded.arch, masks=masks,
+                            prefix=f"{folder} round {i} ", extra={"prune_percent": percent, "round": i},
+                            optim=optim, epoch_offset=(i - 1) * per_round)
+        masks = result.masks
+        record = {"round": i, "ratio": ratio, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
+                  "top1_finetuned": result.last["top1"], "top5_finetuned": result.last["top5"],
+                  "thresholds": dict(outcome.thresholds), "sparsity": _summary(report), "checkpoint": checkpoint}
+        s.run.append_metrics({"phase": "round", "prune_percent": percent,
+                              **{k: v for k, v in record.items() if k != "checkpoint"}})
+        rounds.append(record)
+    row: dict[str, Any] = {"prune_percent": percent, "top1": stats["top1"], "top5": stats["top5"],
+                           "loss": stats["loss"], "thresholds": dict(outcome.thresholds), "sparsity": report,
+                           "checkpoint": checkpoint}
+    _add_finetuned(row, result, model)
+    row["rounds"] = rounds
+    return row
+
+
+def _weight_agp(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
+    """One retraining of ``retrain.epochs`` that prunes to the cubic ramp every ``prune.frequency`` steps.
+
+    ``p<ratio>/pruned.pth`` is the model at the last pruning step (the final sparsity reached, before the rest of
+    the retraining), evaluated there; ``last.pth`` and ``best.pth`` as for one-shot, ``best.pth`` only among the
+    epochs that end at the final sparsity. Resuming goes on from ``last.pth``: its masks are the current ones and
+    the ramp is a function of the step, so the pruning steps still to come are those of the uninterrupted run.
+    """
+    from pruning import compute_masks
+    from pruning.weight import prune_weights_further
+
+    cfg, p = s.cfg, s.cfg.prune
+    folder = f"p{percent:g}"
+    plan = _agp_plan(cfg, s.data, percent)
+
+    def on_step(step: int, masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        k = plan.pruning_step(step)
+        if k is None:
+            return None
+        assert masks is not None  # fit starts with the all-kept masks below
+        ratio = plan.ratio_at(step)
+        outcome = prune_weights_further(model, masks, percent=ratio, scope=p.scope)
+        s.run.append_metrics({"phase": "agp", "prune_percent": percent, "step": step, "pruning_step": k,
+                              "ratio": ratio, "thresholds": dict(outcome.thresholds)})
+        if step == plan.last_step:
+            stats = s.evaluate(model, f"pruned {percent:g} at step {step}")
+            model.train()  # back to training for the rest of the epoch
+            metrics = {**stats, "ratio": ratio, "step": step, "thresholds": dict(outcome.thresholds)}
+            s.save_pruned(model, f"{folder}/pruned.pth", arch=s.loaded.arch, masks=dict(outcome.masks),
+                          metrics=metrics)
+            print(f"Pruned {percent:g} at step {step} ({k}/{plan.steps} pruning steps): Top1 {stats['top1']:.2f}, "
+                  f"Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}", flush=True)
+        return dict(outcome.masks)
+
+    start = compute_masks(model, 0.0, p.scope).masks  # all kept: the ramp starts at 0
+    print(f"Pruning {percent:g} gradually: {plan.steps} pruning steps, every {plan.frequency} of the "
+          f"{plan.total_steps} optimizer steps, the last at step {plan.last_step}")
+    result = s.finetune(model, run=RunDir(s.run / folder), arch=s.loaded.arch, masks=start,
+                        prefix=f"{folder} ", extra={"prune_percent": percent}, on_step=on_step,
+                        best_after=plan.first_epoch_at_final(len(s.data.train_loader)))
+    pruned_path = s.run / f"{folder}/pruned.pth"
+    at_last = _load_reached(pruned_path, s.cfg.model.arch)  # written by this run, or before it was resumed
+    row: dict[str, Any] = {"prune_percent": percent, "top1": at_last["metrics"]["top1"],
+                           "top5": at_last["metrics"]["top5"], "loss": at_last["metrics"]["loss"],
+                           "thresholds": at_last["metrics"]["thresholds"], "sparsity": at_last["sparsity"],
+                           "checkpoint": str(pruned_path)}
+    _add_finetuned(row, result, model)
+    row["agp"] = {"pruning_steps": plan.steps, "frequency": plan.frequency, "last_step": plan.last_step,
+                  "total_steps": plan.total_steps, "end": p.agp_end}
+    return row
+
+
+WEIGHT_SCHEDULES: dict[str, Callable[[Session, nn.Module, float], dict[str, Any]]] = {
+    "one_shot": _weight_one_shot, "iterative": _weight_iterative, "agp": _weight_agp}
+
+
+def _load_reached(path: Any, arch: str) -> dict[str, Any]:
+    """The metrics and sparsity of the model an AGP run saved at its last pruning step."""
+    from pruning import sparsity_report
+
+    loaded = load_toolkit_checkpoint(path, expect_arch=arch)
+    return {"metrics": loaded.checkpoint["metrics"], "sparsity": sparsity_report(loaded.model)}
+
+
+def _agp_plan(cfg: ExperimentConfig, data: Data, final: float) -> Any:
+    from pruning.schedule import agp_plan
+
+    return agp_plan(final, epochs=cfg.retrain.epochs, steps_per_epoch=len(data.train_loader),
+                    frequency=cfg.prune.frequency, end=cfg.prune.agp_end)
+
+
+def _schedule_title(cfg: ExperimentConfig) -> str:
+    p = cfg.prune
+    if p.schedule == "iterative":
+        per_round = cfg.retrain.epochs // p.rounds
+        return f", iterative: {p.rounds} rounds of {per_round} epoch{'s' if per_round > 1 else ''} retraining"
+    if p.schedule == "agp":
+        return (f", AGP: pruning every {p.frequency} steps over the first {p.agp_end:g} of {cfg.retrain.epochs} "
+                "epochs retraining")
+    return ""
+
+
+def _schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    p = cfg.prune
+    record: dict[str, Any] = {"name": p.schedule, "retrain_epochs": cfg.retrain.epochs}
+    if p.schedule == "iterative":
+        record.update(rounds=p.rounds, epochs_per_round=cfg.retrain.epochs // p.rounds)
+    elif p.schedule == "agp":
+        record.update(frequency=p.frequency, agp_end=p.agp_end)
+    return record
+
+
+def format_rounds_tables(rows: list[dict[str, Any]]) -> str:
+    """Per ratio of an iterative sweep: each round's ratio and top-1 after pruning and after retraining."""
+    parts = []
+    for row in rows:
+        if not row.get("rounds"):
+            continue
+        lines = [f"### Rounds of {row['prune_percent']:g}", "",
+                 "| round | ratio | top1 after pruning | top1 after retraining |", "|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['ratio']:.4g} | {r['top1']:.2f} | {r['top1_finetuned']:.2f} |"
+                  for r in row["rounds"]]
+        parts.append("\n".join(lines) + "\n\n")
+    return "".join(parts)
 
 
 def _pct(value: float | None) -> str:
@@ -305,20 +500,35 @@ def format_before_after(before: dict[str, Any], after: dict[str, Any], reduction
     return "\n".join(lines)
 
 
-@register_runner("filter")
-def run_filter(s: Session) -> None:
-    from utils.profile import compare_latency, profile_model, reduction
+@dataclass
+class FilterDone:
+    """What a filter schedule leaves for the report: the final (physically smaller) model and its numbers.
 
-    cfg, original = s.cfg, s.loaded.model  # the unpruned model stays, for timing both side by side at the end
-    model, outcome = s.prepared
-    base = s.evaluate(original, "before")
-    print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
-    s.run.append_metrics({"phase": "before", **base})
-    before = {**profile_model(original, s.data.input_size, device=s.device, latency=False),
-              "top1": base["top1"], "top5": base["top5"]}
-    arch = {**s.loaded.arch, "shapes": outcome.shapes}
-    for layer, (old, new) in outcome.widths.items():
+    ``outcome``: widths and removed filters relative to the original model, over the whole schedule; ``pruned``:
+    test metrics right after the last pruning step (before the retraining that follows it); ``checkpoint``: the
+    model saved there (``pruned.pth``); ``extra``: schedule details for ``results.json``.
+    """
+
+    model: nn.Module
+    outcome: Any
+    pruned: dict[str, float]
+    checkpoint: str
+    final: dict[str, float]
+    average: float | None
+    extra: dict[str, Any]
+
+
+def _print_widths(widths: dict[str, tuple[int, int]]) -> None:
+    for layer, (old, new) in widths.items():
         print(f"  {layer}: {old} -> {new} filters")
+
+
+def _filter_one_shot(s: Session) -> FilterDone:
+    """The spec applied at once (``prepare_pruning`` already did it on a copy), evaluated, retrained."""
+    cfg = s.cfg
+    model, outcome = s.prepared
+    arch = {**s.loaded.arch, "shapes": outcome.shapes}
+    _print_widths(outcome.widths)
     pruned = s.evaluate(model, "pruned")
     print(f"Pruned, before retraining: Top1 {pruned['top1']:.2f}, Top5 {pruned['top5']:.2f}, "
           f"Loss {pruned['loss']:.4f}")
@@ -330,6 +540,168 @@ def run_filter(s: Session) -> None:
         result = s.finetune(model, run=s.run, arch=arch, masks=None, prefix="retrain ")
         final, average = result.last, result.average_top1
         print(f"\nAverage test accuracy: {average:.4f}")
+    return FilterDone(model=model, outcome=outcome, pruned=pruned, checkpoint=checkpoint, final=final,
+                      average=average, extra={})
+
+
+def _filter_iterative(s: Session) -> FilterDone:
+    """``prune.rounds`` rounds: remove filters physically up to the round's count, retrain ``epochs / rounds``.
+
+    Each layer's count follows the cubic ramp to the one-shot count (``ceil(fraction * count)``), ranked by L1 on
+    the current weights of the already smaller model; each round is its own ``fit`` (a fresh optimizer for the
+    new shapes). Round ``i`` writes ``round<i>/`` (``pruned.pth``, ``last.pth``, ``best.pth``), the last round
+    the run directory itself, as a one-shot run. Resuming: as for weight pruning, each round prunes again from
+    the weights the round before ended with and retraining goes on from the round's ``last.pth``.
+    """
+    from pruning import FilterPruneResult, prune_filters
+    from pruning.schedule import epochs_per_round, scheduled_count
+
+    cfg, p = s.cfg, s.cfg.prune
+    _, one_shot = s.prepared  # the spec resolved and checked: which layers, how many filters in the end
+    final_counts = {layer: old - new for layer, (old, new) in one_shot.widths.items()}
+    alive = {layer: list(range(old)) for layer, (old, _) in one_shot.widths.items()}  # original channel indices
+    per_round = epochs_per_round(cfg.retrain.epochs, p.rounds)
+    optim = dataclasses.replace(cfg.retrain, epochs=per_round)
+    model = copy.deepcopy(s.loaded.model)
+    example = _example_input(s.data.input_size, s.device)
+    rounds: list[dict[str, Any]] = []
+    for i in range(1, p.rounds + 1):
+        counts = {layer: scheduled_count(final, i, p.rounds) - (one_shot.widths[layer][0] - len(alive[layer]))
+                  for layer, final in final_counts.items()}
+        step = prune_filters(model, layers=list(counts), channels=list(counts.values()), strategy=p.strategy,
+                             example_input=example)
+        for layer, gone in step.removed.items():
+            gone_set = set(gone)
+            alive[layer] = [c for j, c in enumerate(alive[layer]) if j not in gone_set]
+        widths = {layer: len(kept) for layer, kept in alive.items()}
+        arch = {**s.loaded.arch, "shapes": step.shapes}
+        stats = s.evaluate(model, f"pruned, round {i}")
+        print(f"Round {i}/{p.rounds}: " + ", ".join(f"{layer} {n}" for layer, n in widths.items())
+              + f" filters. Pruned: Top1 {stats['top1']:.2f}, Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}")
+        s.run.append_metrics({"phase": "pruned", "round": i, "widths": widths, **stats})
+        last = i == p.rounds
+        checkpoint = s.save_pruned(model, "pruned.pth" if last else f"round{i}/pruned.pth", arch=arch, masks=None,
+                                   metrics=stats)
+        result = s.finetune(model, run=s.run if last else RunDir(s.run / f"round{i}"), arch=arch, masks=None,
+                            prefix=f"round {i} ", extra={"round": i}, optim=optim,
+                            epoch_offset=(i - 1) * per_round)
+        record = {"round": i, "widths": widths, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
+                  "top1_finetuned": result.last["top1"], "top5_finetuned": result.last["top5"]}
+        s.run.append_metrics({"phase": "round", **record})
+        rounds.append({**record, "checkpoint": checkpoint})
+    print(f"\nAverage test accuracy: {result.average_top1:.4f}")
+    outcome = FilterPruneResult(
+        removed={layer: sorted(set(range(one_shot.widths[layer][0])) - set(kept)) for layer, kept in alive.items()},
+        widths={layer: (one_shot.widths[layer][0], len(kept)) for layer, kept in alive.items()},
+        modules=one_shot.modules, shapes=step.shapes, strategy=p.strategy)
+    return FilterDone(model=model, outcome=outcome, pruned=stats, checkpoint=checkpoint, final=result.last,
+                      average=result.average_top1, extra={"rounds": rounds})
+
+
+def _filter_agp(s: Session) -> FilterDone:
+    """One retraining during which the filters are *zeroed* on the cubic ramp, then removed physically.
+
+    Removing filters while training would change the parameters under the optimizer, so the chosen filters are
+    masked instead (:func:`pruning.filter.filter_masks`: the masked model computes what the smaller one would) and
+    the masks grow every ``prune.frequency`` steps. ``last.pth`` and ``best.pth`` are that full-width training
+    state (resumable, evaluable); ``pruned.pth`` is the model at the last pruning step with the filters removed;
+    ``final.pth`` the retrained model with the filters removed, the one the report measures.
+    """
+    from pruning import apply_masks
+    from pruning.filter import filter_masks, masked_filters, plan_filters, remove_filters, select_filters
+    from pruning.schedule import scheduled_count
+
+    cfg = s.cfg
+    model = copy.deepcopy(s.loaded.model)
+    plan = plan_filters(model, **_filter_options(cfg), example_input=_example_input(s.data.input_size, s.device))
+    agp = _agp_plan(cfg, s.data, 1.0)
+    finals = {index: count for index, (_, count) in plan.groups.items()}
+
+    def removal_counts(k: int) -> dict[int, int]:
+        return {index: scheduled_count(final, k, agp.steps) for index, final in finals.items()}
+
+    def on_step(step: int, masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        k = agp.pruning_step(step)
+        if k is None:
+            return None
+        assert masks is not None  # fit starts with the all-kept masks below
+        counts = removal_counts(k)
+        removed = select_filters(model, plan, counts=counts, first=masked_filters(plan, masks))
+        new = filter_masks(model, plan, removed)
+        apply_masks(model, new)
+        s.run.append_metrics({"phase": "agp", "step": step, "pruning_step": k, "fraction": agp.fraction_at(step),
+                              "removed": {layer: counts[index] for index, (layers, _) in plan.groups.items()
+                                          for layer in layers}})
+        if step == agp.last_step:
+            stats = s.evaluate(model, f"pruned at step {step}")
+            model.train()  # back to training for the rest of the epoch
+            smaller = copy.deepcopy(model)
+            done = remove_filters(smaller, plan, removed)
+            s.save_pruned(smaller, "pruned.pth", arch={**s.loaded.arch, "shapes": done.shapes}, masks=None,
+                          metrics={**stats, "step": step})
+            print(f"Pruned at step {step} ({k}/{agp.steps} pruning steps): Top1 {stats['top1']:.2f}, "
+                  f"Top5 {stats['top5']:.2f}, Loss {stats['loss']:.4f}", flush=True)
+        return new
+
+    print(f"Pruning gradually: {agp.steps} pruning steps, every {agp.frequency} of the {agp.total_steps} "
+          f"optimizer steps, the last at step {agp.last_step}")
+    result = s.finetune(model, run=s.run, arch=s.loaded.arch, masks=filter_masks(model, plan, {}),
+                        prefix="retrain ", on_step=on_step,
+                        best_after=agp.first_epoch_at_final(len(s.data.train_loader)))
+    print(f"\nAverage test accuracy: {result.average_top1:.4f}")
+    assert result.masks is not None
+    removed = masked_filters(plan, result.masks)
+    if {index: len(gone) for index, gone in removed.items()} != finals:  # an internal invariant of the ramp
+        raise RuntimeError(f"filter agp ended with {removed} removed, not the planned counts {finals}")
+    outcome = remove_filters(model, plan, removed)
+    _print_widths(outcome.widths)
+    final = s.evaluate(model, "pruned and retrained, filters removed")
+    print(f"Filters removed after retraining: Top1 {final['top1']:.2f}, Top5 {final['top5']:.2f}, "
+          f"Loss {final['loss']:.4f} (the full-width model with them zeroed: Top1 {result.last['top1']:.2f})")
+    s.run.append_metrics({"phase": "removed", **final})
+    final_checkpoint = s.save_pruned(model, "final.pth", arch={**s.loaded.arch, "shapes": outcome.shapes},
+                                     masks=None, metrics=final)
+    at_last = load_toolkit_checkpoint(s.run / "pruned.pth", expect_arch=cfg.model.arch).checkpoint["metrics"]
+    pruned = {k: at_last[k] for k in ("top1", "top5", "loss")}
+    return FilterDone(model=model, outcome=outcome, pruned=pruned, checkpoint=str(s.run / "pruned.pth"),
+                      final=final, average=result.average_top1,
+                      extra={"final_checkpoint": final_checkpoint, "top1_masked": result.last["top1"],
+                             "agp": {"pruning_steps": agp.steps, "frequency": agp.frequency,
+                                     "last_step": agp.last_step, "total_steps": agp.total_steps,
+                                     "end": cfg.prune.agp_end}})
+
+
+FILTER_SCHEDULES: dict[str, Callable[[Session], FilterDone]] = {
+    "one_shot": _filter_one_shot, "iterative": _filter_iterative, "agp": _filter_agp}
+
+
+def format_filter_rounds(rounds: list[dict[str, Any]]) -> str:
+    """An iterative filter run's rounds: filters left per layer, top-1 after pruning and after retraining."""
+    if not rounds:
+        return ""
+    layers = list(rounds[0]["widths"])
+    header = ["round", *layers, "top1 after pruning", "top1 after retraining"]
+    lines = ["", "### Rounds (filters left per layer)", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for r in rounds:
+        cells = [str(r["round"]), *(str(r["widths"][layer]) for layer in layers), f"{r['top1']:.2f}",
+                 f"{r['top1_finetuned']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@register_runner("filter")
+def run_filter(s: Session) -> None:
+    from utils.profile import compare_latency, profile_model, reduction
+
+    cfg, original = s.cfg, s.loaded.model  # the unpruned model stays, for timing both side by side at the end
+    base = s.evaluate(original, "before")
+    print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
+    s.run.append_metrics({"phase": "before", **base})
+    before = {**profile_model(original, s.data.input_size, device=s.device, latency=False),
+              "top1": base["top1"], "top5": base["top5"]}
+    done = FILTER_SCHEDULES[cfg.prune.schedule](s)
+    model, outcome, pruned, final, average = done.model, done.outcome, done.pruned, done.final, done.average
     after = {**profile_model(model, s.data.input_size, device=s.device, latency=False),
              "top1": final["top1"], "top5": final["top5"]}
     timings = compare_latency({"before": original, "after": model}, s.data.input_size, device=s.device)
@@ -341,14 +713,17 @@ def run_filter(s: Session) -> None:
         change[key] = (before[key] - after[key]) / before[key] * 100.0 if before[key] else None
     table = format_before_after(before, after, change)
     print(f"Model size: {before['size_kb']:.0f} Kb -> {after['size_kb']:.0f} Kb\n\n{table}\n")
+    rounds = format_filter_rounds(done.extra.get("rounds", []))
     s.run.write_text("results.md", f"## {cfg.name}: {cfg.model.arch}, L1-norm filter pruning "
-                                   f"({cfg.prune.strategy})\n\n{table}\n")
+                                   f"({cfg.prune.strategy}){_schedule_title(cfg)}\n\n{table}\n{rounds}")
+    if rounds:
+        print(rounds)
     s.run.write_json("results.json", {
         "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
-        "before": before, "after": after, "reduction_percent": change,
+        "schedule": _schedule_record(cfg), "before": before, "after": after, "reduction_percent": change,
         "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
         "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,
-        "checkpoint": checkpoint, "provenance": s.config["provenance"], "seed": cfg.seed,
+        "checkpoint": done.checkpoint, **done.extra, "provenance": s.config["provenance"], "seed": cfg.seed,
     })
     s.logger.log_text(table)
     print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,7 @@ class FitResult:
     epochs_run: int  # by this call; history also holds the epochs of the run it resumed
     best_top1: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    masks: dict[str, torch.Tensor] | None = None  # held at the end (a gradual schedule changes them on the way)
 
     @property
     def last(self) -> dict[str, float]:
@@ -106,15 +108,29 @@ class FitResult:
         return sum(tail) / len(tail) if tail else float("nan")
 
 
+# on_step(optimizer steps so far, masks held now) -> masks to hold from now on, or None (see fit)
+StepHook = Callable[[int, dict[str, torch.Tensor] | None], Mapping[str, torch.Tensor] | None]
+
+
 def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimConfig, device: torch.device,
         run: RunDir, arch: dict[str, Any], config: dict[str, Any], seed: int,
         masks: dict[str, torch.Tensor] | None = None, visdom: Any = None, resume: dict[str, Any] | None = None,
         print_freq: int = 0,
-        extra_record: dict[str, Any] | None = None, metrics_run: RunDir | None = None) -> FitResult:
+        extra_record: dict[str, Any] | None = None, metrics_run: RunDir | None = None,
+        on_step: StepHook | None = None, epoch_offset: int = 0, best_after: int = 0) -> FitResult:
     """Train ``model`` for ``optim.epochs`` epochs (continuing from ``resume``, a loaded checkpoint, if given).
 
     With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints go to
     ``run``; metrics to ``metrics_run`` (default: ``run``), so a sweep keeps one ``metrics.jsonl``.
+
+    For pruning schedules (:mod:`pruning.schedule`): ``on_step(step, masks)`` is called after every optimizer
+    step with the number of steps this training has taken (over all its epochs, from 1; a function of the
+    position alone, so a resumed run calls it with the numbers the uninterrupted run would have) and the masks
+    held now; the masks it returns are held from then on (and saved in the checkpoints), None keeps them.
+    ``epoch_offset``: the data order of epoch ``e`` is that of epoch ``e + epoch_offset`` (the rounds of an
+    iterative schedule continue one stream of epochs, so they see the batches one retraining of the same total
+    length sees). ``best_after``: epochs before it never become ``best.pth`` (a gradual schedule has not reached
+    its final sparsity there).
 
     The first SIGINT/SIGTERM stops training after the current step: ``last.pth`` then holds the run in the middle of
     its epoch (step, running sums, RNG) and :class:`~utils.interrupt.RunInterrupted` is raised. Resuming from it
@@ -142,7 +158,27 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
             restore_rng_state(resume["rng"])
         if start_epoch >= optim.epochs:
             print(f"The checkpoint has already completed {start_epoch} of {optim.epochs} epochs: nothing to resume.")
-    result = FitResult(epochs_run=0, best_top1=best_top1, history=history)
+    result = FitResult(epochs_run=0, best_top1=best_top1, history=history, masks=masks)
+    steps_per_epoch = len(train_loader) if on_step is not None else 0
+
+    def step_hook_for(epoch: int) -> Callable[[int], None] | None:
+        if on_step is None:
+            return None
+
+        def hook(step: int) -> None:
+            nonlocal masks, keeper
+            new = on_step(epoch * steps_per_epoch + step, masks)
+            if new is None:
+                return
+            masks = dict(new)
+            if keeper is None:
+                from pruning.masks import MaskKeeper
+
+                keeper = MaskKeeper(model, masks).attach(optimizer)
+            else:
+                keeper.update(masks)
+
+        return hook
 
     def save(epoch: int, record: dict[str, Any] | None, meter: Meter | None = None, seconds: float = 0.0) -> bytes:
         """``last.pth`` after ``epoch`` completed epochs, or inside the next one when ``meter`` is given."""
@@ -167,10 +203,11 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
                 if progress is not None:  # the epoch the run was stopped in: go on after its last step
                     meter.load_state_dict(progress["meter"])
                     earlier_seconds, progress = float(progress.get("seconds", 0.0)), None
-                start_epoch_order(train_loader, seed, epoch, start_step=meter.steps)
+                start_epoch_order(train_loader, seed, epoch + epoch_offset, start_step=meter.steps)
                 lr = optimizer.param_groups[0]["lr"]
                 train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch=epoch,
-                                              print_freq=print_freq, meter=meter, stop=stopping)
+                                              print_freq=print_freq, meter=meter, stop=stopping,
+                                              on_step=step_hook_for(epoch))
                 if train_stats is None:
                     seconds = earlier_seconds + time.perf_counter() - start
                     save(epoch, None, meter, seconds)
@@ -187,8 +224,9 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
                 result.history.append(record)
                 if visdom is not None:
                     visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
-                is_best = test_stats["top1"] > result.best_top1
-                result.best_top1 = max(result.best_top1, test_stats["top1"])
+                is_best = test_stats["top1"] > result.best_top1 and epoch >= best_after
+                if is_best:
+                    result.best_top1 = test_stats["top1"]
                 data = save(epoch + 1, record)
                 if is_best:
                     atomic_write_bytes(run / "best.pth", data)
@@ -198,6 +236,7 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
     finally:
         if keeper is not None:
             keeper.detach()
+    result.masks = masks
     return result
 
 
