@@ -10,13 +10,14 @@ import os
 import pickle
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.checkpoint import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -33,20 +34,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """The checkout's commit, ``+uncommitted`` when tracked files differ from it (read-only: no index refresh)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10,
-                              env=env)
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("+uncommitted" if dirty else "") if head.returncode == 0 else "unknown"
+def prepare_device(name: str, threads: int | None) -> torch.device:
+    """The device a benchmark runs on, with ``threads`` torch threads (None: torch's default) and cuDNN autotuning
+    on a GPU, as ``utils.setup.select_device`` sets it for ``--gpu``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def describe_device(device: torch.device) -> str:
@@ -63,7 +59,7 @@ def describe_device(device: torch.device) -> str:
 def header(title: str, device: torch.device) -> None:
     print(f"# {title}")
     print(f"device: {describe_device(device)}")
-    print(f"commit: {git_commit()}")
+    print(f"commit: {git_commit()}")  # "-dirty" when tracked files differ from it
 
 
 def synchronize(device: torch.device) -> None:

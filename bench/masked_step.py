@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import header, median, spread, timed
+from bench.common import header, median, prepare_device, spread, timed
 from models import get_model
 from pruning import MaskKeeper, prune_weights
 
@@ -99,11 +99,7 @@ def run_model(arch: str, args: argparse.Namespace, device: torch.device) -> None
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = prepare_device(args.device, args.threads)
     header("Masked fine-tuning step vs dense step", device)
     print(f"pruning: prune_weights(percent={args.percent}, scope={args.scope!r}); {args.steps} steps per segment")
     for arch in args.models:

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, header
+from bench.common import REPO, header, prepare_device
 from models import get_model
 from utils.config import load_config
 from utils.profile import compare_latency, count_macs, count_params
@@ -46,11 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = prepare_device(args.device, args.threads)
     header("Filter-pruned VGG-16 (Li et al. pruned-A) vs unpruned: inference latency", device)
     cfg = load_config(args.experiment)
     torch.manual_seed(args.seed)

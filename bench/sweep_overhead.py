@@ -37,12 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, header, median, shared_data, spread
+from bench.common import REPO, header, median, prepare_device, shared_data, spread
 from utils import pruner
 from utils.config import ExperimentConfig, load_config
 from utils.engine import evaluate
@@ -130,9 +129,7 @@ def time_subprocess(items: list[str], gpu: int | None) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cpu" if args.gpu is None else f"cuda:{args.gpu}")
+    device = prepare_device("cpu" if args.gpu is None else f"cuda:{args.gpu}", args.threads)
     header("Weight-pruning sweep overhead (9 ratios, ResNet-56, shared CIFAR-10 subset)", device)
     with tempfile.TemporaryDirectory() as out_dir:
         items = overrides(Path(out_dir), args.overrides)

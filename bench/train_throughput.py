@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import header, median, spread, synchronize, write_synthetic_cifar
+from bench.common import header, median, prepare_device, spread, synchronize, write_synthetic_cifar
 from models import get_model
 from utils.data import build_datasets, build_loaders, default_mean_std
 from utils.device_data import build_device_loaders
@@ -174,11 +174,7 @@ def report(arch: str, variants: list[Variant], args: argparse.Namespace) -> None
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as utils.setup.select_device does for --gpu
+    device = prepare_device(args.device, args.threads)
     header("Training throughput", device)
     settle = args.settle if args.settle is not None else 2 * args.workers
     with tempfile.TemporaryDirectory() as scratch:

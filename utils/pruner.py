@@ -43,7 +43,7 @@ from utils.setup import (
     seed_everything,
     select_device,
 )
-from utils.training import FitResult, StepHook, fit
+from utils.training import FitResult, StepHook, fit, resume_point
 
 
 @dataclass
@@ -78,8 +78,7 @@ class Session:
             resume = load_toolkit_checkpoint(run / "last.pth", expect_arch=cfg.model.arch).checkpoint
             model.load_state_dict(resume["state_dict"])
             masks = resume.get("masks") or None
-            step = (resume.get("progress") or {}).get("step", 0)
-            print(f"Resuming {run / 'last.pth'} at epoch {resume.get('epoch', 0)}" + (f", step {step}" if step else ""))
+            print(resume_point(run / "last.pth", resume))
         print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
               + ("; pruned weights held at zero)" if masks else ")"))
         try:

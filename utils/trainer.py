@@ -20,7 +20,7 @@ from utils.setup import (
     seed_everything,
     select_device,
 )
-from utils.training import fit
+from utils.training import fit, resume_point
 
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
@@ -59,9 +59,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         if saved_train is not None and saved_train != cfg.to_dict()["train"]:
             print(f"note: the train section differs from the one {resume} was trained with; continuing with the "
                   "experiment file's")
-        step = (ckpt.get("progress") or {}).get("step", 0)
-        print(f"Resuming {resume} at epoch {ckpt.get('epoch', 0)}" + (f", step {step}" if step else "")
-              + f" in {run.path}")
+        print(f"{resume_point(resume, ckpt)} in {run.path}")
     else:
         run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
         print(f"Run directory: {run.path}")

@@ -74,6 +74,12 @@ def format_epoch_line(epoch: int, train: dict[str, float], test: dict[str, float
             f"Time: {s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}")
 
 
+def resume_point(path: Any, checkpoint: dict[str, Any]) -> str:
+    """``Resuming PATH at epoch E[, step S]``: where a run picks up from ``checkpoint`` (read from ``path``)."""
+    step = (checkpoint.get("progress") or {}).get("step", 0)
+    return f"Resuming {path} at epoch {checkpoint.get('epoch', 0)}" + (f", step {step}" if step else "")
+
+
 def start_epoch_order(loader: Any, seed: int, epoch: int, start_step: int = 0) -> None:
     """Set the batches of ``epoch`` from (seed, epoch) alone (see :mod:`utils.sampling`), skipping the first
     ``start_step`` batches when a run resumes inside the epoch, so a resumed run draws exactly the batches the
