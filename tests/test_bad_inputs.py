@@ -201,6 +201,9 @@ CASES: dict[str, Case] = {
                                       edits={**WEIGHTS, "prune.method": "sensitivity", "prune.layers": ["conv99"]}),
     "pruner_without_weights": Case(PRUNER, ("pruning needs trained weights", "model.checkpoint",
                                             "model.pretrained")),
+    "pruner_resume_not_a_run": Case(PRUNER, ("--resume {tmp}/nowhere", "not a run directory of pruner_exp.py",
+                                             "'Run directory:'"),
+                                    edits=WEIGHTS, args=("--resume", "{tmp}/nowhere")),
     # --set
     "set_without_equals": Case(TRAINER, ("--set train.epochs", "KEY=VALUE"), args=("--set", "train.epochs")),
     "export_evaluate_without_resume": Case(TRAINER, ("--export with --evaluate", "add --resume CKPT"),
