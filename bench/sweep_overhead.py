@@ -78,7 +78,7 @@ def time_evaluation(cfg: ExperimentConfig, gpu: int | None, evals: int) -> list[
     """Seconds per evaluation of the unpruned model on a warm loader of the sweep's settings."""
     device = select_device(gpu)
     seed_everything(cfg.seed)
-    data = build_data(cfg, train=False, pin_memory=device.type == "cuda")
+    data = build_data(cfg, train=False, device=device)
     model = build_model(cfg, data.num_classes).model.to(device)
     criterion = nn.CrossEntropyLoss()
     evaluate(model, data.test_loader, criterion, device)  # starts the persistent workers, warms the kernels

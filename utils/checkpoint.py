@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils import distributed
 from utils.errors import UserError
 
 FORMAT = "prune-toolkit-checkpoint"
@@ -104,7 +105,12 @@ def checkpoint_bytes(obj: Any) -> bytes:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> int:
-    """Atomically replace ``path`` with ``data`` (temp file in the same folder, fsync, rename, fsync folder)."""
+    """Atomically replace ``path`` with ``data`` (temp file in the same folder, fsync, rename, fsync folder).
+
+    Every file the project writes goes through here, so this is where the rule of a run under torchrun is kept:
+    rank 0 alone writes (:mod:`utils.distributed`); on the other ranks this writes nothing."""
+    if not distributed.is_main():
+        return len(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -8,6 +8,7 @@ elsewhere they stop without a traceback. Anything else is a bug and keeps its tr
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -42,7 +43,10 @@ def run_main(main: Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as exc:
-        print(f"{exc}\nresume with: {resume_command(sys.argv, exc.resume)}", file=sys.stderr)
+        from utils import distributed
+
+        if distributed.is_main():  # every rank stopped at the same step; one says so
+            print(f"{exc}\nresume with: {resume_command(sys.argv, exc.resume)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
@@ -51,7 +55,8 @@ def run_main(main: Callable[[], int | None]) -> None:
 
 
 def resume_command(argv: list[str], resume: Path) -> str:
-    """The command line that ran, with ``--resume`` (replaced or added) pointing at ``resume``."""
+    """The command line that ran, with ``--resume`` (replaced or added) pointing at ``resume`` (under torchrun, the
+    torchrun command with the same process count)."""
     args, skip = [], False
     for arg in argv[1:]:
         if skip:
@@ -60,4 +65,8 @@ def resume_command(argv: list[str], resume: Path) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             args.append(arg)
-    return shlex.join(["python", argv[0], *args, "--resume", str(resume)])
+    launcher = ["python"]
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        launcher = ["torchrun", f"--nproc_per_node={local}"] + ([f"--nnodes={world // local}"] if world > local else [])
+    return shlex.join([*launcher, argv[0], *args, "--resume", str(resume)])

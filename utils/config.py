@@ -59,7 +59,9 @@ class DataConfig:
                      "or `test/`), `digits` (scikit-learn's bundled 8x8 digits, no download; the demo).")
     root: str = _opt("data", "Folder that holds the dataset (relative paths are relative to the working directory).")
     download: bool = _opt(False, "`cifar10` only: download the dataset into `data.root` when it is missing.")
-    batch_size: int = _opt(128, "Training images per step.", check=_positive, expect="a positive integer")
+    batch_size: int = _opt(128, "Training images per step: the global batch (under `torchrun` each of the N "
+                           "processes takes `batch_size / N` of every step's images).", check=_positive,
+                           expect="a positive integer")
     test_batch_size: int | None = _opt(None, "Images per evaluation batch (default: `data.batch_size`).",
                                        check=lambda v: v is None or v > 0, expect="a positive integer or null")
     workers: int = _opt(2, "DataLoader worker processes (0 loads in the main process).",
@@ -73,6 +75,10 @@ class DataConfig:
     image_size: int | None = _opt(None, "Crop size for `imagenet`/`imagefolder` (default 224; 64 or less switches "
                                   "to CIFAR-style pad-and-crop augmentation).",
                                   check=lambda v: v is None or v > 0, expect="a positive integer or null")
+    loader: str = _opt("torchvision", "`torchvision` (DataLoader workers decode and augment each image) or `gpu` "
+                       "(`cifar10`, and `imagefolder` with `image_size` <= 64: the whole split held on the training "
+                       "device as uint8, crop and flip done there per batch; `workers` is then unused). Same "
+                       "augmentation, other random draws (README, Speed).", choices=("torchvision", "gpu"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,17 @@ class OptimConfig:
                                  check=lambda v: all(m > 0 for m in v) and list(v) == sorted(v),
                                  expect="an increasing list of positive integers")
     gamma: float = _opt(0.1, "LR factor at each milestone.", check=_positive, expect="a positive number")
+    amp: str | None = _opt(None, "Mixed precision: `bf16`, `fp16` (with a gradient scaler) or null (float32). The "
+                           "forward pass and loss run under `torch.autocast`; weights, optimizer and evaluation stay "
+                           "float32.", check=lambda v: v is None or v in ("bf16", "fp16"),
+                           expect='"bf16", "fp16" or null')
+    channels_last: bool = _opt(False, "Keep weights and images in the channels-last memory format (faster convolutions "
+                               "on tensor-core GPUs, above all with `amp`).")
+    compile: bool = _opt(False, "Train through `torch.compile(model)` (the first steps compile; checkpoints hold the "
+                         "plain model). Needs a C++ compiler on the CPU, Triton on a GPU.")
+    sync_bn: bool = _opt(False, "Under `torchrun` with several processes: BatchNorm statistics over the whole global "
+                         "batch (`nn.SyncBatchNorm` on GPUs, an all-reduce BatchNorm on CPUs) instead of each "
+                         "process's share; the run then computes what one process with the same global batch does.")
 
 
 def _retrain_defaults() -> dict[str, Any]:

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from utils.distributed import shard_bounds
 from utils.errors import UserError
 from utils.sampling import SeededAugmentation, SeededSampler
 from utils.tv import torchvision
@@ -522,8 +523,13 @@ def build_loaders(
     seed: int,
     test_batch_size: int | None = None,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[DataLoader | None, DataLoader]:
     """Train loader (shuffled, None if ``bundle.train`` is None) and test loader (in dataset order).
+
+    ``rank`` of ``world`` (torchrun): ``batch_size`` is the global batch, of which this rank loads its share of every
+    step (:class:`~utils.sampling.SeededSampler`), and its test loader holds a contiguous part of the test set.
 
     Reproducibility: the training order and every sample's augmentation come from ``(seed, epoch)`` alone
     (:mod:`utils.sampling`; call ``train_loader.sampler.set_epoch(epoch)`` before each epoch), the same with any
@@ -544,8 +550,13 @@ def build_loaders(
     }
     train_loader = None
     if bundle.train is not None:
-        train_loader = DataLoader(SeededAugmentation(bundle.train), batch_size=batch_size,
-                                  sampler=SeededSampler(len(bundle.train), seed), generator=_generator(seed), **common)
-    test_loader = DataLoader(bundle.test, batch_size=test_batch_size or batch_size, shuffle=False,
+        sampler = SeededSampler(len(bundle.train), seed, global_batch=batch_size, rank=rank, world=world)
+        train_loader = DataLoader(SeededAugmentation(bundle.train), batch_size=batch_size // world, sampler=sampler,
+                                  generator=_generator(seed), **common)
+    test = bundle.test
+    if world > 1:
+        lo, hi = shard_bounds(len(test), rank, world)
+        test = Subset(test, range(lo, hi))
+    test_loader = DataLoader(test, batch_size=test_batch_size or batch_size, shuffle=False,
                              generator=_generator(seed), **common)
     return train_loader, test_loader

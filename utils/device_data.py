@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.sampling import epoch_seed
+from utils.sampling import epoch_seed, rank_positions
 from utils.tv import torchvision
 
 T = torchvision.transforms
@@ -170,7 +170,7 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int], *,
                  batch_size: int, mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0,
                  device: torch.device | str = "cpu", augmentation: Augmentation | None = Augmentation(),
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, rank: int = 0, world: int = 1) -> None:
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels, dtype=torch.int64)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -179,14 +179,16 @@ class DeviceLoader:
             raise ValueError(f"labels must be one per image ({len(images)}), got shape {tuple(labels.shape)}")
         if len(mean) != images.shape[1] or len(std) != images.shape[1] or min(std) <= 0:
             raise ValueError(f"mean/std: one value per channel ({images.shape[1]}), std > 0; got {mean} / {std}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(batch_size, int) or batch_size < 1 or (train and batch_size % world):
+            raise ValueError(f"batch_size must be a positive integer (divisible by world={world} when training), got "
+                             f"{batch_size!r}")
         self.device = torch.device(device)
         self.images = images.to(self.device).contiguous()  # the one host-to-device copy of the pixels
         self.labels = labels.to(self.device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
+        self.rank, self.world = (rank, world) if train else (0, 1)  # a test split is sharded by the caller
         self.augmentation = augmentation if train else None
         self.sampler = EpochOrder(len(images), seed, shuffle=train, augmentation=self.augmentation)
 
@@ -209,6 +211,9 @@ class DeviceLoader:
         self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
+        if self.world > 1:
+            mine = rank_positions(len(self.sampler), self.batch_size, self.rank, self.world)
+            return math.ceil(len(mine) / (self.batch_size // self.world))
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -218,17 +223,23 @@ class DeviceLoader:
             for k in range(first, first + len(draws.order), self.batch_size):
                 yield self._finish(self.images[k:k + self.batch_size]), self.labels[k:k + self.batch_size]
             return
-        order = draws.order.to(self.device, non_blocking=True)  # once per epoch; the only other copy
-        offsets = flips = None
-        if draws.offsets is not None and draws.flips is not None:
-            offsets = draws.offsets.to(self.device, non_blocking=True)
-            flips = draws.flips.to(self.device, non_blocking=True)
-        for k in range(0, len(order), self.batch_size):
-            index = order[k:k + self.batch_size]
+        order, offsets, flips, step = draws.order, draws.offsets, draws.flips, self.batch_size
+        if self.world > 1:  # this rank's share of every step (utils.distributed)
+            mine = rank_positions(len(order), self.batch_size, self.rank, self.world)
+            order = order[mine]
+            offsets = offsets[mine] if offsets is not None else None
+            flips = flips[mine] if flips is not None else None
+            step = self.batch_size // self.world
+        order = order.to(self.device, non_blocking=True)  # once per epoch; the only other copy
+        if offsets is not None and flips is not None:
+            offsets = offsets.to(self.device, non_blocking=True)
+            flips = flips.to(self.device, non_blocking=True)
+        for k in range(0, len(order), step):
+            index = order[k:k + step]
             if offsets is None or flips is None or self.augmentation is None:
                 batch = self.images[index]
             else:
-                batch = crop_flip(self.images, index, offsets[k:k + self.batch_size], flips[k:k + self.batch_size],
+                batch = crop_flip(self.images, index, offsets[k:k + step], flips[k:k + step],
                                   padding=self.augmentation.padding, channels_last=self.channels_last)
             yield self._finish(batch), self.labels[index]
 
@@ -327,11 +338,15 @@ def dataset_uint8(dataset: Any, side: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: torch.device | str,
-                         test_batch_size: int | None = None,
-                         channels_last: bool = False) -> tuple[DeviceLoader | None, DeviceLoader]:
+                         test_batch_size: int | None = None, channels_last: bool = False, rank: int = 0,
+                         world: int = 1) -> tuple[DeviceLoader | None, DeviceLoader]:
     """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a :class:`~utils.data.DataBundle`,
     with the augmentation and normalisation read from the bundle's own transforms (the torchvision path's, exactly);
-    a pipeline it cannot reproduce is a UserError that says to use ``data.loader: "torchvision"``."""
+    a pipeline it cannot reproduce is a UserError that says to use ``data.loader: "torchvision"``.
+
+    ``rank`` of ``world`` (torchrun): ``batch_size`` is the global batch, of which the training loader yields this
+    rank's share of every step; the test loader holds a contiguous part of the test set (as
+    :func:`utils.data.build_loaders` does)."""
     if batch_size < 1 or (test_batch_size is not None and test_batch_size < 1):
         raise UserError(f"data.batch_size/data.test_batch_size: expected positive integers (images per batch), got "
                         f"{batch_size} / {test_batch_size}")
@@ -342,6 +357,11 @@ def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: tor
         raise UserError(f"{_KEY}: the test transform {bundle.test.transform!r} is random; set data.loader to "
                         '"torchvision"')
     images, labels = dataset_uint8(bundle.test, side)
+    if world > 1:
+        from utils.distributed import shard_bounds
+
+        lo, hi = shard_bounds(len(images), rank, world)
+        images, labels = images[lo:hi], labels[lo:hi]
     test_loader = DeviceLoader(images, labels, batch_size=test_batch_size or batch_size, mean=test.mean, std=test.std,
                                train=False, seed=seed, device=device, channels_last=channels_last)
     train_loader = None
@@ -349,5 +369,5 @@ def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: tor
         images, labels = dataset_uint8(bundle.train, side)
         train_loader = DeviceLoader(images, labels, batch_size=batch_size, mean=spec.mean, std=spec.std, train=True,
                                     seed=seed, device=device, augmentation=spec.augmentation,
-                                    channels_last=channels_last)
+                                    channels_last=channels_last, rank=rank, world=world)
     return train_loader, test_loader

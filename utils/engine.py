@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils import distributed
 from utils.errors import UserError
 
 
@@ -23,8 +24,9 @@ class TrainingDiverged(UserError):
 
 
 def _progress(loader: Iterable, desc: str, initial: int = 0) -> tuple[Iterable, Any]:
-    """A tqdm bar on a terminal; the bare loader otherwise (the caller prints plain lines)."""
-    if sys.stderr.isatty():
+    """A tqdm bar on a terminal (rank 0's only under torchrun); the bare loader otherwise (the caller prints plain
+    lines)."""
+    if sys.stderr.isatty() and distributed.is_main():
         total = len(loader) if hasattr(loader, "__len__") else getattr(loader, "total", None)
         bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=initial, total=total)
         return bar, bar
@@ -63,12 +65,30 @@ class Meter:
         return {"loss": self.loss.cpu(), "correct1": self.correct1.cpu(), "correct5": self.correct5.cpu(),
                 "count": self.count, "steps": self.steps}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, sums: bool = True) -> None:
+        """Go on from ``state``; ``sums=False`` takes only the step count (the ranks of a distributed run but one
+        start from zero, since a saved meter holds the sums over all ranks)."""
         device = self.loss.device
-        self.loss = state["loss"].to(device)
-        self.correct1 = state["correct1"].to(device)
-        self.correct5 = state["correct5"].to(device)
-        self.count, self.steps = int(state["count"]), int(state["steps"])
+        if sums:
+            self.loss = state["loss"].to(device)
+            self.correct1 = state["correct1"].to(device)
+            self.correct5 = state["correct5"].to(device)
+            self.count = int(state["count"])
+        self.steps = int(state["steps"])
+
+    def reduced(self) -> Meter:
+        """The sums over every rank of a distributed run (a new meter; this one is unchanged), or this meter."""
+        if not distributed.active():
+            return self
+        total = Meter(self.loss.device)
+        packed = torch.stack([self.loss, self.correct1.double(), self.correct5.double(),
+                              torch.tensor(float(self.count), dtype=torch.float64, device=self.loss.device)])
+        distributed.all_reduce_sum(packed)
+        total.loss = packed[0]
+        total.correct1, total.correct5 = packed[1].round().long(), packed[2].round().long()
+        total.count, total.steps = int(packed[3].item()), self.steps
+        total.first_bad_step = distributed.all_reduce_max(self.first_bad_step.clone())
+        return total
 
     def result(self) -> dict[str, float]:
         count = max(self.count, 1)
@@ -82,7 +102,9 @@ class Meter:
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, print_freq: int = 0, meter: Meter | None = None,
                     stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[int], None] | None = None) -> dict[str, float] | None:
+                    on_step: Callable[[int], None] | None = None, autocast: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None,
+                    channels_last: bool = False) -> dict[str, float] | None:
     """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
 
     ``meter`` carries the sums of an epoch resumed in its middle (``loader`` then yields only the batches not yet
@@ -91,28 +113,41 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     ``on_step(step)`` runs after each optimizer step (before ``stop()`` is asked), with the step's number in the
     epoch from 1: a gradual pruning schedule prunes there.
 
+    ``autocast``: run the forward pass and the loss under ``torch.autocast`` in that dtype (``train.amp``);
+    ``scaler``: a gradient scaler for float16. ``channels_last``: the images in that memory format (the model's
+    weights should be too).
+
     Pruning masks are held by optimizer hooks (:class:`pruning.masks.MaskKeeper`), so this loop does not
-    need to know whether the model is pruned.
+    need to know whether the model is pruned. Under torchrun ``model`` is the DDP-wrapped one; the statistics
+    returned are over all ranks.
     """
     model.train()
     meter = meter or Meter(device)
     start = time.perf_counter()
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    check_each_step = device.type == "cpu" and not distributed.active()  # a CPU scalar costs nothing to read
     iterator, bar = _progress(loader, f"epoch {epoch} train", initial=meter.steps)
     for step, (images, target) in enumerate(iterator, start=meter.steps + 1):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        output = model(images)
-        loss = criterion(output, target)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            output = model(images)
+            loss = criterion(output, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # unscales first; skips the step (and the mask hooks) on inf/NaN gradients
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         meter.update(loss, output, target)
         meter.note_finite(loss, step)
-        if device.type == "cpu":  # reading a CPU scalar costs nothing; on a GPU it would stall the pipeline
+        if check_each_step:
             check_finite(meter, epoch)
         if print_freq and step % print_freq == 0:
             check_finite(meter, epoch)
-            stats = meter.result()
+            stats = meter.reduced().result()
             line = f"Epoch {epoch} step {step}: loss {stats['loss']:.4f}, top1 {stats['top1']:.2f}"
             print(line, flush=True) if bar is None else bar.set_postfix_str(line)
         if on_step is not None:
@@ -123,14 +158,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
                 bar.close()
             return None
     check_finite(meter, epoch)
-    stats = meter.result()
+    stats = meter.reduced().result()
     stats["time"] = time.perf_counter() - start
     return stats
 
 
 def check_finite(meter: Meter, epoch: int) -> None:
-    """Raise :class:`TrainingDiverged` naming the epoch and step where the loss first became NaN/inf."""
-    step = int(meter.first_bad_step.item())
+    """Raise :class:`TrainingDiverged` naming the epoch and step where the loss first became NaN/inf (on any rank:
+    every rank calls this at the same steps, so all of them stop together)."""
+    first_bad = meter.first_bad_step
+    if distributed.active():
+        first_bad = distributed.all_reduce_max(first_bad.clone())
+    step = int(first_bad.item())
     if step >= 0:
         raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch}, step {step}; the last "
                                "good checkpoint is "
@@ -139,14 +178,17 @@ def check_finite(meter: Meter, epoch: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device,
-             *, desc: str = "test") -> dict[str, float]:
-    """Mean loss, top-1 and top-5 (in %) of ``model`` over ``loader`` in eval mode."""
+             *, desc: str = "test", channels_last: bool = False) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 (in %) of ``model`` over ``loader`` in eval mode (in float32, whatever
+    ``train.amp`` is). Under torchrun each rank's loader holds part of the test set and the result is over all of it.
+    """
     model.eval()
     meter = Meter(device)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     iterator, _ = _progress(loader, desc)
     for images, target in iterator:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         target = target.to(device, non_blocking=True)
         output = model(images)
         meter.update(criterion(output, target), output, target)
-    return meter.result()
+    return meter.reduced().result()

@@ -125,7 +125,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     device = select_device(gpu)
     seed_everything(cfg.seed)
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
-    data = build_data(cfg, train=retrains, pin_memory=device.type == "cuda")
+    data = build_data(cfg, train=retrains, device=device, channels_last=cfg.retrain.channels_last)
     loaded = build_model(cfg, data.num_classes)
     loaded.model.to(device)
     prepared = prepare_pruning(cfg, loaded.model, _example_input(data.input_size, device))

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from utils import distributed
 from utils.checkpoint import atomic_write_bytes
 from utils.errors import UserError
 
@@ -38,7 +39,23 @@ class RunDir:
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str, *, overwrite: bool = False) -> RunDir:
-        """Make a fresh run directory (see the module docstring for the naming)."""
+        """Make a fresh run directory (see the module docstring for the naming). Under torchrun rank 0 makes it and
+        the other ranks get its path (or rank 0's error)."""
+        if not distributed.active():
+            return cls._create(output_dir, name, overwrite=overwrite)
+        outcome: tuple[bool, str] = (False, "")
+        if distributed.is_main():
+            try:
+                outcome = (True, str(cls._create(output_dir, name, overwrite=overwrite).path))
+            except UserError as exc:
+                outcome = (False, str(exc))
+        made, text = distributed.broadcast_object(outcome)
+        if not made:
+            raise UserError(text)
+        return cls(text)
+
+    @classmethod
+    def _create(cls, output_dir: str | Path, name: str, *, overwrite: bool) -> RunDir:
         base = Path(output_dir)
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -80,6 +97,8 @@ class RunDir:
         return path
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (one line per epoch or evaluation)."""
+        """Append one JSON line to ``metrics.jsonl`` (one line per epoch or evaluation; rank 0's under torchrun)."""
+        if not distributed.is_main():
+            return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")

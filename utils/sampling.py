@@ -27,15 +27,37 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * SEED_STRIDE + epoch
 
 
+def rank_positions(count: int, global_batch: int, rank: int, world: int) -> torch.Tensor:
+    """The positions ``0..count-1`` of a pass that rank ``rank`` of ``world`` takes, in order: its contiguous
+    ``global_batch / world`` of every step's ``global_batch`` positions (:mod:`utils.distributed`). The pass's last,
+    smaller step is split the same way, cut to a multiple of ``world`` (at most ``world - 1`` positions left out)."""
+    per = global_batch // world
+    full, last = divmod(count, global_batch)
+    starts = torch.arange(full) * global_batch + rank * per
+    positions = (starts[:, None] + torch.arange(per)).flatten()
+    tail = last // world
+    if tail:
+        first = full * global_batch + rank * tail
+        positions = torch.cat([positions, torch.arange(first, first + tail)])
+    return positions
+
+
 class SeededSampler(Sampler[tuple[int, int]]):
     """Shuffled ``(index, augmentation seed)`` pairs for one epoch at a time; call :meth:`set_epoch` before each.
 
     ``start`` skips the first positions of the next pass only (a run resumed inside an epoch), without drawing
     anything different: the permutation and the seeds are drawn whole, then cut.
+
+    Under torchrun (``world`` > 1) each rank draws the same permutation and seeds and keeps its share of every step's
+    ``global_batch`` positions (:func:`rank_positions`); its DataLoader batches ``global_batch / world`` at a time.
     """
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int, *, global_batch: int | None = None, rank: int = 0, world: int = 1):
+        if world > 1 and (global_batch is None or global_batch % world):
+            raise ValueError(f"a sampler shared by {world} ranks needs a global batch divisible by it, got "
+                             f"{global_batch}")
         self.size, self.seed = size, seed
+        self.global_batch, self.rank, self.world = global_batch, rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -47,10 +69,20 @@ class SeededSampler(Sampler[tuple[int, int]]):
         order = torch.randperm(self.size, generator=g)
         seeds = torch.randint(0, 2**62, (self.size,), generator=g)
         start, self.start = self.start, 0
-        yield from zip(order[start:].tolist(), seeds[start:].tolist(), strict=True)
+        order, seeds = order[start:], seeds[start:]
+        if self.world > 1:
+            assert self.global_batch is not None
+            mine = rank_positions(len(order), self.global_batch, self.rank, self.world)
+            order, seeds = order[mine], seeds[mine]
+        yield from zip(order.tolist(), seeds.tolist(), strict=True)
 
     def __len__(self) -> int:
-        return self.size - self.start
+        count = self.size - self.start
+        if self.world > 1:
+            assert self.global_batch is not None
+            full, last = divmod(count, self.global_batch)
+            return full * (self.global_batch // self.world) + last // self.world
+        return count
 
 
 class SeededAugmentation(Dataset):

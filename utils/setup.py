@@ -22,7 +22,14 @@ from utils.errors import UserError
 
 
 def select_device(gpu: int | None) -> torch.device:
-    """``cuda:N`` for ``--gpu N`` (an error if that GPU does not exist: never a silent CPU fallback), else CPU."""
+    """``cuda:N`` for ``--gpu N`` (an error if that GPU does not exist: never a silent CPU fallback), else CPU.
+
+    Started by torchrun with several processes, this joins them (:func:`utils.distributed.start`): each process then
+    trains on ``cuda:LOCAL_RANK`` with ``--gpu``, on the CPU without."""
+    from utils import distributed
+
+    if distributed.launched() is not None:
+        return distributed.start(gpu)
     if gpu is None:
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -42,6 +49,9 @@ def make_visdom(cfg: ExperimentConfig, enabled: bool, title_prefix: str = "") ->
     from utils.visdom_logger import VisdomLogger
 
     v = cfg.visdom
+    from utils import distributed
+
+    enabled = enabled and distributed.is_main()  # one rank plots
     return VisdomLogger(enabled=enabled, host=v.host, port=v.port, env=v.env or cfg.name, title_prefix=title_prefix)
 
 
@@ -59,16 +69,32 @@ class Data:
     test_loader: Any
 
 
-def build_data(cfg: ExperimentConfig, *, train: bool, pin_memory: bool = False) -> Data:
-    """Datasets and loaders for ``cfg.data`` (no training split is touched when ``train`` is False)."""
+def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | None = None,
+               channels_last: bool = False) -> Data:
+    """Datasets and loaders for ``cfg.data`` (no training split is touched when ``train`` is False): DataLoaders, or
+    with ``data.loader: "gpu"`` the splits held on ``device`` (:mod:`utils.device_data`). Under torchrun each rank
+    gets its share of every step and of the test set (:mod:`utils.distributed`)."""
+    from utils import distributed
     from utils.data import build_datasets, build_loaders, default_mean_std
 
     d = cfg.data
+    device = device or torch.device("cpu")
+    rank, world = distributed.rank(), distributed.world_size()
+    if train and world > 1:
+        distributed.split_batch(d.batch_size, world)
     mean, std = default_mean_std(d.name)
     bundle = build_datasets(d.name, d.root, mean=d.mean or mean, std=d.std or std, train=train, download=d.download,
                             image_size=d.image_size)
-    train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=d.workers, seed=cfg.seed,
-                                              test_batch_size=d.test_batch_size, pin_memory=pin_memory)
+    if d.loader == "gpu":
+        from utils.device_data import build_device_loaders
+
+        train_loader, test_loader = build_device_loaders(bundle, batch_size=d.batch_size, seed=cfg.seed, device=device,
+                                                         test_batch_size=d.test_batch_size,
+                                                         channels_last=channels_last, rank=rank, world=world)
+    else:
+        train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=d.workers, seed=cfg.seed,
+                                                  test_batch_size=d.test_batch_size,
+                                                  pin_memory=device.type == "cuda", rank=rank, world=world)
     return Data(num_classes=bundle.num_classes, input_size=bundle.input_size, train_loader=train_loader,
                 test_loader=test_loader)
 

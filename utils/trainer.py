@@ -30,7 +30,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
                         "--resume CKPT")
     device = select_device(gpu)
     seed_everything(cfg.seed)
-    data = build_data(cfg, train=not evaluate_only, pin_memory=device.type == "cuda")
+    data = build_data(cfg, train=not evaluate_only, device=device, channels_last=cfg.train.channels_last)
     if resume is not None:
         loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch, num_classes=data.num_classes)
     else:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils import distributed
 from utils.checkpoint import atomic_write_bytes, checkpoint_bytes, make_checkpoint, restore_rng_state
 from utils.config import OptimConfig
 from utils.engine import Meter, evaluate, train_one_epoch
@@ -66,6 +67,17 @@ def resume_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, epoch:
     return scheduler
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_settings(amp: str | None, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype ``train.amp`` names, and a gradient scaler for float16 (whose small range would flush
+    small gradients to zero without one; bfloat16 has float32's range and needs none)."""
+    if amp is None:
+        return None, None
+    return AMP_DTYPES[amp], torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
 def format_epoch_line(epoch: int, train: dict[str, float], test: dict[str, float], seconds: float) -> str:
     """``Epoch N. [Train] Top1: .., Top5: .., Loss: ... [Test] ... Time: hh:mm:ss`` (the seed's format)."""
     s = round(seconds)
@@ -85,8 +97,9 @@ def start_epoch_order(loader: Any, seed: int, epoch: int, start_step: int = 0) -
     ``start_step`` batches when a run resumes inside the epoch, so a resumed run draws exactly the batches the
     uninterrupted run would have."""
     sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch, start=start_step * loader.batch_size)
+    if hasattr(sampler, "set_epoch"):  # positions count over all ranks: a step takes the global batch
+        per_step = getattr(sampler, "global_batch", None) or loader.batch_size
+        sampler.set_epoch(epoch, start=start_step * per_step)
     elif start_step:
         raise ValueError("resuming inside an epoch needs a loader whose sampler has set_epoch(epoch, start)")
     generator = getattr(loader, "generator", None)
@@ -138,13 +151,21 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
     length sees). ``best_after``: epochs before it never become ``best.pth`` (a gradual schedule has not reached
     its final sparsity there).
 
+    Speed (``optim``'s ``amp``, ``channels_last``, ``compile``): the weights are converted to channels-last in place;
+    the training steps run through ``torch.compile`` of the model; evaluation and checkpoints use ``model`` itself.
+    Under torchrun (:mod:`utils.distributed`) the steps go through DistributedDataParallel, with ``sync_bn`` over
+    the global batch; only rank 0 writes.
+
     The first SIGINT/SIGTERM stops training after the current step: ``last.pth`` then holds the run in the middle of
     its epoch (step, running sums, RNG) and :class:`~utils.interrupt.RunInterrupted` is raised. Resuming from it
     ends with the same weights as a run never stopped.
     """
     metrics_run = metrics_run or run
     criterion = nn.CrossEntropyLoss()
+    if optim.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the same parameters, in another layout
     optimizer, scheduler = build_optimizer(model, optim)
+    autocast, scaler = amp_settings(optim.amp, device)
     keeper = None
     if masks:
         from pruning.masks import MaskKeeper
@@ -160,6 +181,8 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
         best_top1 = resume.get("best_top1") if resume.get("best_top1") is not None else best_top1
         history = list(resume.get("history") or [])
         progress = resume.get("progress")
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
         if resume.get("rng"):
             restore_rng_state(resume["rng"])
         if start_epoch >= optim.epochs:
@@ -186,40 +209,58 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
 
         return hook
 
-    def save(epoch: int, record: dict[str, Any] | None, meter: Meter | None = None, seconds: float = 0.0) -> bytes:
-        """``last.pth`` after ``epoch`` completed epochs, or inside the next one when ``meter`` is given."""
+    def save(epoch: int, record: dict[str, Any] | None, meter: Meter | None = None,
+             seconds: float = 0.0) -> bytes | None:
+        """``last.pth`` after ``epoch`` completed epochs, or inside the next one when ``meter`` is given (rank 0
+        writes; the others return None)."""
+        progress = None
+        if meter is not None:  # the sums over all ranks: a collective, so before the ranks part
+            progress = {"step": meter.steps, "meter": meter.reduced().state_dict(), "seconds": seconds}
+        if not distributed.is_main():
+            return None
         ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch, optimizer=optimizer,
                                scheduler=scheduler, masks=masks, best_top1=result.best_top1, metrics=record,
                                device=device)
         ckpt["history"] = result.history
-        if meter is not None:
-            ckpt["progress"] = {"step": meter.steps, "meter": meter.state_dict(), "seconds": seconds}
+        if scaler is not None:
+            ckpt["scaler"] = scaler.state_dict()
+        if progress is not None:
+            ckpt["progress"] = progress
         data = checkpoint_bytes(ckpt)
         atomic_write_bytes(run / "last.pth", data)
         return data
 
+    restore_batchnorm = distributed.sync_batchnorm(model, device) if optim.sync_bn else None
+    train_model = distributed.wrap(model, device)
+    if optim.compile:
+        train_model = torch.compile(train_model)
+    signum = 0
     try:
         with GracefulStop() as stop:
-            def stopping() -> bool:
-                return stop.requested is not None
+            def stopping() -> bool:  # every rank asks after every step, and all get the same answer
+                nonlocal signum
+                signum = distributed.vote_max(stop.requested or 0)
+                return signum != 0
 
             for epoch in range(start_epoch, optim.epochs):
                 start = time.perf_counter()
                 meter, earlier_seconds = Meter(device), 0.0
                 if progress is not None:  # the epoch the run was stopped in: go on after its last step
-                    meter.load_state_dict(progress["meter"])
+                    meter.load_state_dict(progress["meter"], sums=distributed.is_main())
                     earlier_seconds, progress = float(progress.get("seconds", 0.0)), None
                 start_epoch_order(train_loader, seed, epoch + epoch_offset, start_step=meter.steps)
                 lr = optimizer.param_groups[0]["lr"]
-                train_stats = train_one_epoch(model, train_loader, criterion, optimizer, device, epoch=epoch,
+                train_stats = train_one_epoch(train_model, train_loader, criterion, optimizer, device, epoch=epoch,
                                               print_freq=print_freq, meter=meter, stop=stopping,
-                                              on_step=step_hook_for(epoch))
+                                              on_step=step_hook_for(epoch), autocast=autocast, scaler=scaler,
+                                              channels_last=optim.channels_last)
                 if train_stats is None:
                     seconds = earlier_seconds + time.perf_counter() - start
                     save(epoch, None, meter, seconds)
-                    raise _interrupted(stop.requested, run, f"epoch {epoch}, step {meter.steps}")
+                    raise _interrupted(signum, run, f"epoch {epoch}, step {meter.steps}")
                 train_stats["time"] += earlier_seconds
-                test_stats = evaluate(model, test_loader, criterion, device)
+                distributed.sync_buffers(model)  # one set of BatchNorm statistics to test and save
+                test_stats = evaluate(model, test_loader, criterion, device, channels_last=optim.channels_last)
                 scheduler.step()
                 seconds = earlier_seconds + time.perf_counter() - start
                 print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
@@ -234,14 +275,16 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
                 if is_best:
                     result.best_top1 = test_stats["top1"]
                 data = save(epoch + 1, record)
-                if is_best:
+                if is_best and data is not None:
                     atomic_write_bytes(run / "best.pth", data)
                 result.epochs_run += 1
-                if stop.requested is not None and epoch + 1 < optim.epochs:
-                    raise _interrupted(stop.requested, run, f"the end of epoch {epoch}")
+                if stopping() and epoch + 1 < optim.epochs:
+                    raise _interrupted(signum, run, f"the end of epoch {epoch}")
     finally:
         if keeper is not None:
             keeper.detach()
+        if restore_batchnorm is not None:
+            restore_batchnorm()
     result.masks = masks
     return result
 
