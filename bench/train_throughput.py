@@ -5,8 +5,9 @@ autocast, eager vs ``torch.compile``.
     python bench/train_throughput.py --device cpu --models resnet20 --steps 5 --rounds 2     # a quick check
 
 A step is what the trainer does (forward, cross-entropy, backward, SGD with momentum and weight decay), with the
-batch fetched from the loader inside the timed region: the loader's cost is part of what is measured. The autocast,
-compile and channels-last options live here because the trainer does not have them yet.
+batch fetched from the loader inside the timed region: the loader's cost is part of what is measured. The step is the
+trainer's own (:func:`utils.engine.train_step`), with the trainer's options: ``train.amp`` (bf16), ``train.compile``,
+``train.channels_last``.
 
 All variants of a model are built first, warmed up (``torch.compile`` compiles there; its time is printed apart),
 then timed in rounds, each variant in turn, and the medians are reported: load from other processes then hits every
@@ -39,6 +40,8 @@ from bench.common import header, median, prepare_device, spread, synchronize, wr
 from models import get_model
 from utils.data import build_datasets, build_loaders, default_mean_std
 from utils.device_data import build_device_loaders
+from utils.engine import train_step as engine_step
+from utils.training import AMP_DTYPES
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -111,11 +114,8 @@ class Variant:
 
 def train_step(v: Variant, device: torch.device, criterion: nn.Module) -> None:
     images, target = next(v.stream)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=v.precision == "bf16"):
-        loss = criterion(v.step_model(images), target)
-    v.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    v.optimizer.step()
+    autocast = AMP_DTYPES.get(v.precision)
+    engine_step(v.step_model, images, target, criterion, v.optimizer, autocast=autocast)
 
 
 def run_model(arch: str, args: argparse.Namespace, device: torch.device, streams: dict[str, Iterator[Batch]],

@@ -99,6 +99,24 @@ class Meter:
         }
 
 
+def train_step(model: nn.Module, images: torch.Tensor, target: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, *, autocast: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device; returns the loss and the output (not synchronised)."""
+    with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        output = model(images)
+        loss = criterion(output, target)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # unscales first; skips the step (and the mask hooks) on inf/NaN gradients
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, output
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, print_freq: int = 0, meter: Meter | None = None,
                     stop: Callable[[], bool] | None = None,
@@ -130,17 +148,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     for step, (images, target) in enumerate(iterator, start=meter.steps + 1):
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            output = model(images)
-            loss = criterion(output, target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)  # unscales first; skips the step (and the mask hooks) on inf/NaN gradients
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss, output = train_step(model, images, target, criterion, optimizer, autocast=autocast, scaler=scaler)
         meter.update(loss, output, target)
         meter.note_finite(loss, step)
         if check_each_step:
