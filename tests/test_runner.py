@@ -221,11 +221,12 @@ def test_training_run_writes_config_metrics_and_checkpoints(baseline: Run, work:
 
     config = json.loads((baseline.path / "config.json").read_text())
     assert config["name"] == NAME and config["model"]["arch"] == "resnet20" and config["data"] == {
-        **cifar("data"), "download": False, "mean": None, "std": None, "image_size": None}
+        **cifar("data"), "download": False, "mean": None, "std": None, "image_size": None, "loader": "torchvision"}
     assert config["train"]["lr"] == 0.05 and config["train"]["epochs"] == 2  # the override wins over the file
     assert config["output"] == {"dir": "runs", "overwrite": False}
     assert config["retrain"] == {"epochs": 0, "lr": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
-                                 "schedule": "constant", "milestones": [], "gamma": 0.1}  # defaults resolved
+                                 "schedule": "constant", "milestones": [], "gamma": 0.1, "amp": None,
+                                 "channels_last": False, "compile": False, "sync_bn": False}  # defaults resolved
     commit = config["provenance"]["git_commit"]
     assert commit.removesuffix("-dirty") == git_head()
     assert config["provenance"]["device"].startswith("cpu")

@@ -85,15 +85,12 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as JSON atomically (a crash never leaves a half-written results file)."""
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, to_json(obj).encode())
-        return path
+        return self.write_text(name, to_json(obj))
 
     def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` atomically (rank 0's under torchrun: the others write nothing)."""
         path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, text.encode())
+        atomic_write_bytes(path, text.encode())  # makes the folders it needs
         return path
 
     def append_metrics(self, record: dict[str, Any]) -> None:
