@@ -3,6 +3,7 @@
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --gpu 0 --prune_percent 0.5
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --prune_percent 0.3 0.5 0.7 0.9
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --resume checkpoints/<run>
+    python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --export compressed onnx
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cli() -> int:
         overrides.append(f"prune.percent={list(args.prune_percent)}")
     cfg = load_config(args.json, overrides)
     check_names(cfg, args.json)
-    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume)
+    return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, export=tuple(args.export))
 
 
 if __name__ == "__main__":

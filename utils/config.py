@@ -64,8 +64,10 @@ class DataConfig:
                            expect="a positive integer")
     test_batch_size: int | None = _opt(None, "Images per evaluation batch (default: `data.batch_size`).",
                                        check=lambda v: v is None or v > 0, expect="a positive integer or null")
-    workers: int = _opt(2, "DataLoader worker processes (0 loads in the main process).",
-                        check=_non_negative, expect="an integer >= 0")
+    workers: int | None = _opt(2, "DataLoader worker processes (0 loads in the main process; null: the CPU cores "
+                               "this process may use, shared among torchrun's processes on the machine, less one each "
+                               "for the training loop, at most 16). The batches are the same for any count.",
+                               check=lambda v: v is None or v >= 0, expect="an integer >= 0 or null")
     mean: list[float] | None = _opt(None, "Per-channel normalisation mean (default: the dataset's own).",
                                     check=lambda v: v is None or len(v) == 3,
                                     expect="a list of 3 numbers (R, G, B) or null")
@@ -75,6 +77,10 @@ class DataConfig:
     image_size: int | None = _opt(None, "Crop size for `imagenet`/`imagefolder` (default 224; 64 or less switches "
                                   "to CIFAR-style pad-and-crop augmentation).",
                                   check=lambda v: v is None or v > 0, expect="a positive integer or null")
+    decode: str = _opt("pil", "`imagenet`/`imagefolder` at `image_size` > 64: `pil` (PIL decodes, crops and resizes: "
+                       "torchvision's reference pipeline) or `torchvision` (torchvision.io decodes, transforms.v2 "
+                       "crops and resizes uint8 tensors: the same random crops, pixels within 1 level of PIL's; PIL "
+                       "decodes where torchvision.io cannot load, with a warning).", choices=("pil", "torchvision"))
     loader: str = _opt("torchvision", "`torchvision` (DataLoader workers decode and augment each image) or `gpu` "
                        "(`cifar10`, and `imagefolder` with `image_size` <= 64: the whole split held on the training "
                        "device as uint8, crop and flip done there per batch; `workers` is then unused). Same "

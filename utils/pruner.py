@@ -15,20 +15,24 @@ that prunes from its step hook; filters are zeroed while training and removed at
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb, provenance
-from utils.config import ExperimentConfig, OptimConfig
+from utils.cli import EXPORT_FORMATS
+from utils.config import ExperimentConfig, OptimConfig, from_dict
 from utils.engine import evaluate
 from utils.errors import UserError
 from utils.interrupt import RunInterrupted
@@ -59,6 +63,7 @@ class Session:
     logger: Any
     prepared: Any = None  # what prepare_pruning found while checking the spec (see there)
     resuming: bool = False  # --resume: retraining goes on from the last.pth files already in ``run``
+    export: tuple[str, ...] = ()  # --export: formats to write the final model(s) in (:func:`export_final`)
 
     def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
@@ -114,9 +119,11 @@ def runner_names() -> list[str]:
     return sorted(RUNNERS)
 
 
-def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None) -> int:
+def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
+         export: tuple[str, ...] = ()) -> int:
     if cfg.prune.method not in RUNNERS:
         raise UserError(f"prune.method: unknown method {cfg.prune.method!r}; known: {', '.join(runner_names())}")
+    check_export(cfg, export)
     if cfg.model.checkpoint is None and not cfg.model.pretrained:
         raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
                         "model.pretrained: true for torchvision models")
@@ -140,7 +147,8 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         print(f"Resuming the run in {run.path}: pruning again, retraining from its checkpoints")
         run.append_metrics({"phase": "resumed", "provenance": config["provenance"]})
     session = Session(cfg=cfg, device=device, data=data, loaded=loaded, run=run, config=config,
-                      logger=make_visdom(cfg, visdom), prepared=prepared, resuming=resume is not None)
+                      logger=make_visdom(cfg, visdom), prepared=prepared, resuming=resume is not None,
+                      export=tuple(dict.fromkeys(export)))
     RUNNERS[cfg.prune.method](session)
     return 0
 
@@ -159,6 +167,11 @@ def open_run_to_resume(path: str, cfg: ExperimentConfig) -> RunDir:
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"--resume {path}: cannot read {saved_path} ({exc}); start a new run instead") from None
+    try:  # keys added to the tool since that run took their defaults there: fill them in before comparing
+        saved = {**saved, **from_dict({k: v for k, v in saved.items() if k != "provenance"},
+                                      source=str(saved_path)).to_dict()}
+    except UserError:
+        pass  # a key this version no longer knows: compare what was written
     current = cfg.to_dict()
     for section in RESUME_MUST_MATCH:
         difference = first_difference(saved.get(section), current.get(section), section)
@@ -215,6 +228,148 @@ def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# --export: the final model of every sweep row (weight) or of the run (filter) in other forms
+
+EXPORTABLE = ("weight", "filter")  # the methods that end with a model to export
+
+
+def check_export(cfg: ExperimentConfig, export: Sequence[str]) -> None:
+    """Raise the UserError ``--export`` would meet, before any work: the run directory does not exist yet.
+
+    Only a missing ``onnx`` is checked this early; onnxruntime is optional (without it the file is written
+    unchecked, and the report says so).
+    """
+    if not export:
+        return
+    if cfg.prune.method not in EXPORTABLE:
+        raise UserError(f"--export applies to weight and filter pruning; prune.method {json.dumps(cfg.prune.method)} "
+                        "ends with no model to export: leave out --export")
+    if "onnx" in export and importlib.util.find_spec("onnx") is None:
+        raise UserError("--export onnx needs the optional package 'onnx', which is not installed; run `pip install "
+                        "onnx onnxruntime`, or leave out onnx")
+
+
+def export_final(s: Session, checkpoint: str | Path) -> dict[str, Any]:
+    """Write the model saved in ``checkpoint`` in each ``--export`` format beside it, named after it (``last.pth``:
+    ``last.sparse.pth``, ``last.fp16.sparse.pth``, ``last.onnx``); return what ``results.json`` records.
+
+    The model is read back from the file, not taken from memory: the export is what the checkpoint holds, and a
+    resumed run whose retraining was complete exports the same model. The record: ``{"checkpoint",
+    "checkpoint_file_bytes" (that file as written, optimizer state included), "compressed" / "compressed-fp16":
+    {"path", "file_bytes", "dense_file_bytes" (the same checkpoint written by torch.save without the optimizer and
+    RNG state, which the compressed file leaves out too), "percent_of_dense", "encodings" (tensors per encoding),
+    "layers" ({weight: encoding} of the prunable weights, read back from the file)}, "onnx": the report of
+    :func:`utils.export.export_onnx`}``. Under torchrun rank 0 alone exports (it alone writes files).
+    """
+    from pruning import prunable_weights
+    from utils import distributed
+    from utils.export import export_model
+
+    path = Path(checkpoint)
+    record: dict[str, Any] = {"checkpoint": str(path)}
+    if not distributed.is_main():
+        return record
+    loaded = load_toolkit_checkpoint(path, expect_arch=s.cfg.model.arch)
+    record["checkpoint_file_bytes"] = path.stat().st_size
+    reports = export_model(loaded.model, loaded.checkpoint, path.parent, path.stem, s.export, s.data.input_size)
+    for fmt, report in reports.items():
+        if fmt.startswith("compressed"):
+            report = {**report, "percent_of_dense": 100 * report["file_bytes"] / report["dense_file_bytes"],
+                      "layers": _stored_encodings(report["path"], prunable_weights(loaded.model))}
+        record[fmt] = report
+    return record
+
+
+def _stored_encodings(path: str, names: Iterable[str]) -> dict[str, str]:
+    """The encoding the compressed file ``path`` stores each of ``names`` in, read back from the file: ``dense``,
+    ``bitmask`` or ``indices/<gap type>`` (``indices/uint8``: one byte per non-zero value)."""
+    tensors = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]["tensors"]
+    found = {}
+    for name in names:
+        entry = tensors[name]
+        gaps = entry.get("gaps")
+        found[name] = entry["encoding"] + (f"/{str(gaps.dtype).removeprefix('torch.')}" if gaps is not None else "")
+    return found
+
+
+@contextlib.contextmanager
+def _results_kept_on_error(s: Session) -> Iterator[None]:
+    """Around the exports, which run after the results are saved: a failing one (onnxruntime disagrees with
+    PyTorch, the disk is full) also says that the run's results are kept, and how to export again."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{exc} (--export, after the run: its results are saved, without the export, in "
+                        f"{s.run / 'results.md'} and results.json; --resume {s.run.path} --export "
+                        f"{' '.join(s.export)} exports again without retraining)") from None
+
+
+def _compressed_formats(records: list[dict[str, Any]]) -> list[str]:
+    return [fmt for fmt in EXPORT_FORMATS if fmt.startswith("compressed") and any(fmt in r for r in records)]
+
+
+def format_export_sweep_rows(rows: list[dict[str, Any]]) -> str:
+    """Lines to append to the sweep table with each row's exports (nothing without ``--export``): the dense
+    checkpoint's bytes, each compressed file's bytes and share of them, the ONNX file's bytes and its largest
+    difference from PyTorch under onnxruntime. The baseline is not exported ("-")."""
+    records = [row.get("export") or {} for row in rows]
+
+    def line(label: str, fmt: str, show: Callable[[dict[str, Any]], str]) -> str:
+        return "\n| " + " | ".join([label, "-", *(show(r[fmt]) if fmt in r else "-" for r in records)]) + " |"
+
+    compressed = _compressed_formats(records)
+    out = ""
+    if compressed:
+        out += line("checkpoint, dense (bytes)", compressed[0], lambda e: f"{e['dense_file_bytes']:,}")
+    for fmt in compressed:
+        out += line(f"{fmt} (bytes, % of dense)", fmt, lambda e: f"{e['file_bytes']:,} ({e['percent_of_dense']:.1f}%)")
+    if any("onnx" in r for r in records):
+        out += line("onnx (bytes)", "onnx", lambda e: f"{e['bytes']:,}")
+        out += line("onnx max abs diff", "onnx", lambda e: f"{e['max_abs_diff']:.1e}" if e["checked"] else "unchecked")
+    return out
+
+
+ENCODING_LEGEND = ("bitmask: 1 bit per weight, then the non-zero values; indices/uint8 (int16, ...): per non-zero "
+                   "value the number of zeros before it, in that type, then the values; dense: every value.")
+
+
+def format_encoding_tables(rows: list[dict[str, Any]]) -> str:
+    """Per compressed format, the encoding each prunable weight is stored in, one column per ratio."""
+    records = [row.get("export") or {} for row in rows]
+    parts = []
+    for fmt in _compressed_formats(records):
+        names = next(r[fmt]["layers"] for r in records if fmt in r)
+        header = ["layer", *(f"{row['prune_percent']:g}" for row in rows)]
+        lines = [f"### Encoding per layer, {fmt}", "", ENCODING_LEGEND, "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([name, *(r[fmt]["layers"][name] if fmt in r else "-" for r in records)]) + " |"
+                  for name in names]
+        parts.append("\n".join(lines) + "\n")
+    return "".join("\n" + part for part in parts)
+
+
+def format_export_table(record: dict[str, Any]) -> str:
+    """A filter run's exports in markdown: each file's bytes, against the dense checkpoint's or PyTorch's output."""
+    if not any(fmt in record for fmt in EXPORT_FORMATS):
+        return ""  # nothing exported (a torchrun rank other than 0)
+    source = Path(record["checkpoint"]).name
+    lines = ["", f"### Exports of {source}", "", "| format | file | bytes | |", "|---|---|---|---|"]
+    compressed = _compressed_formats([record])
+    if compressed:
+        dense = record[compressed[0]]["dense_file_bytes"]
+        lines.append(f"| dense | {source} without its optimizer and RNG state | {dense:,} | 100% |")
+    for fmt in compressed:
+        e = record[fmt]
+        share = f"{e['percent_of_dense']:.1f}% of dense"
+        lines.append(f"| {fmt} | {Path(e['path']).name} | {e['file_bytes']:,} | {share} |")
+    if "onnx" in record:
+        e = record["onnx"]
+        check = f"max abs diff {e['max_abs_diff']:.1e} from PyTorch" if e["checked"] else "unchecked (no onnxruntime)"
+        lines.append(f"| onnx | {Path(e['path']).name} | {e['bytes']:,} | {check} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Magnitude weight pruning: a sweep over ratios
 
 
@@ -238,7 +393,7 @@ def format_layer_sweep_table(rows: list[dict[str, Any]]) -> str:
 
 @register_runner("weight")
 def run_weight_sweep(s: Session) -> None:
-    from pruning import format_sweep_table, sparsity_report
+    from pruning import sparsity_report
 
     cfg, original = s.cfg, s.loaded.model
     base = s.evaluate(original, "baseline")
@@ -253,24 +408,47 @@ def run_weight_sweep(s: Session) -> None:
         model = copy.deepcopy(original)  # every ratio runs its whole schedule from the unpruned weights
         rows.append(WEIGHT_SCHEDULES[schedule](s, model, percent))
 
-    table = format_sweep_table(baseline["top1"], rows)
-    if schedule != "one_shot":  # the earlier rounds / steps were retrained: the first row is not "without" it
-        table = table.replace("| top1 (without fine-tune) |", "| top1 (at the last pruning step) |", 1)
-    layer_table = format_layer_sweep_table(rows)
-    title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}{_schedule_title(cfg)}"
-    rounds = format_rounds_tables(rows)
-    print(f"\n{title}\n\n{table}\n\n{rounds}Per-layer sparsity (%):\n\n{layer_table}\n")
-    s.run.write_text("results.md", f"{title}\n\n{table}\n\n{rounds}### Per-layer sparsity (%)\n\n{layer_table}\n")
-    s.run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": "weight",
-                                      "scope": cfg.prune.scope, "schedule": _schedule_record(cfg),
-                                      "baseline": baseline, "rows": rows,
-                                      "provenance": s.config["provenance"], "seed": cfg.seed})
+    if s.export:
+        _write_weight_results(s, baseline, rows)  # first, so that a failing export loses none of the run
+        with _results_kept_on_error(s):
+            for row in rows:
+                row["export"] = export_final(s, _weight_final_checkpoint(s, row))
+    table, printed = _write_weight_results(s, baseline, rows)
+    print(printed)
     ratios = [r["prune_percent"] for r in rows]
     s.logger.log_sweep(ratios, [r["top1"] for r in rows])
     if cfg.retrain.epochs > 0:
         s.logger.log_sweep(ratios, [r["top1_finetuned"] for r in rows], name="top1 (fine-tuned)")
     s.logger.log_text(table)
     print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")
+
+
+def _write_weight_results(s: Session, baseline: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """Write ``results.md`` and ``results.json`` of a sweep; return the sweep table and the text to print."""
+    from pruning import format_sweep_table
+
+    cfg, schedule = s.cfg, s.cfg.prune.schedule
+    table = format_sweep_table(baseline["top1"], rows)
+    if schedule != "one_shot":  # the earlier rounds / steps were retrained: the first row is not "without" it
+        table = table.replace("| top1 (without fine-tune) |", "| top1 (at the last pruning step) |", 1)
+    table += format_export_sweep_rows(rows)
+    layer_table = format_layer_sweep_table(rows)
+    title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}{_schedule_title(cfg)}"
+    rounds = format_rounds_tables(rows)
+    encodings = format_encoding_tables(rows)
+    s.run.write_text("results.md", f"{title}\n\n{table}\n\n{rounds}### Per-layer sparsity (%)\n\n{layer_table}\n"
+                                   f"{encodings}")
+    s.run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": "weight",
+                                      "scope": cfg.prune.scope, "schedule": _schedule_record(cfg),
+                                      "baseline": baseline, "rows": rows,
+                                      "provenance": s.config["provenance"], "seed": cfg.seed})
+    return table, f"\n{title}\n\n{table}\n\n{rounds}Per-layer sparsity (%):\n\n{layer_table}\n{encodings}"
+
+
+def _weight_final_checkpoint(s: Session, row: dict[str, Any]) -> Path:
+    """The file of the model a sweep row ends with: ``p<ratio>/last.pth`` after retraining (every schedule writes
+    its final model there), else the pruned model, ``p<ratio>/pruned.pth``."""
+    return s.run / f"p{row['prune_percent']:g}" / "last.pth" if s.cfg.retrain.epochs > 0 else Path(row["checkpoint"])
 
 
 def _weight_one_shot(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
@@ -505,13 +683,16 @@ class FilterDone:
 
     ``outcome``: widths and removed filters relative to the original model, over the whole schedule; ``pruned``:
     test metrics right after the last pruning step (before the retraining that follows it); ``checkpoint``: the
-    model saved there (``pruned.pth``); ``extra``: schedule details for ``results.json``.
+    model saved there (``pruned.pth``); ``final_checkpoint``: the file that holds ``model`` (``pruned.pth`` without
+    retraining, ``last.pth`` after it, ``final.pth`` for ``agp``: what ``--export`` writes); ``extra``: schedule
+    details for ``results.json``.
     """
 
     model: nn.Module
     outcome: Any
     pruned: dict[str, float]
     checkpoint: str
+    final_checkpoint: str
     final: dict[str, float]
     average: float | None
     extra: dict[str, Any]
@@ -534,13 +715,13 @@ def _filter_one_shot(s: Session) -> FilterDone:
     s.run.append_metrics({"phase": "pruned", **pruned})
     checkpoint = s.save_pruned(model, "pruned.pth", arch=arch, masks=None, metrics=pruned)
 
-    final, average = pruned, None
+    final, average, final_checkpoint = pruned, None, checkpoint
     if cfg.retrain.epochs > 0:
         result = s.finetune(model, run=s.run, arch=arch, masks=None, prefix="retrain ")
-        final, average = result.last, result.average_top1
+        final, average, final_checkpoint = result.last, result.average_top1, str(s.run / "last.pth")
         print(f"\nAverage test accuracy: {average:.4f}")
-    return FilterDone(model=model, outcome=outcome, pruned=pruned, checkpoint=checkpoint, final=final,
-                      average=average, extra={})
+    return FilterDone(model=model, outcome=outcome, pruned=pruned, checkpoint=checkpoint,
+                      final_checkpoint=final_checkpoint, final=final, average=average, extra={})
 
 
 def _filter_iterative(s: Session) -> FilterDone:
@@ -593,8 +774,9 @@ def _filter_iterative(s: Session) -> FilterDone:
         removed={layer: sorted(set(range(one_shot.widths[layer][0])) - set(kept)) for layer, kept in alive.items()},
         widths={layer: (one_shot.widths[layer][0], len(kept)) for layer, kept in alive.items()},
         modules=one_shot.modules, shapes=step.shapes, strategy=p.strategy)
-    return FilterDone(model=model, outcome=outcome, pruned=stats, checkpoint=checkpoint, final=result.last,
-                      average=result.average_top1, extra={"rounds": rounds})
+    return FilterDone(model=model, outcome=outcome, pruned=stats, checkpoint=checkpoint,
+                      final_checkpoint=str(s.run / "last.pth"), final=result.last, average=result.average_top1,
+                      extra={"rounds": rounds})
 
 
 def _filter_agp(s: Session) -> FilterDone:
@@ -663,7 +845,7 @@ def _filter_agp(s: Session) -> FilterDone:
     at_last = load_toolkit_checkpoint(s.run / "pruned.pth", expect_arch=cfg.model.arch).checkpoint["metrics"]
     pruned = {k: at_last[k] for k in ("top1", "top5", "loss")}
     return FilterDone(model=model, outcome=outcome, pruned=pruned, checkpoint=str(s.run / "pruned.pth"),
-                      final=final, average=result.average_top1,
+                      final_checkpoint=final_checkpoint, final=final, average=result.average_top1,
                       extra={"final_checkpoint": final_checkpoint, "top1_masked": result.last["top1"],
                              "agp": {"pruning_steps": agp.steps, "frequency": agp.frequency,
                                      "last_step": agp.last_step, "total_steps": agp.total_steps,
@@ -713,17 +895,26 @@ def run_filter(s: Session) -> None:
     table = format_before_after(before, after, change)
     print(f"Model size: {before['size_kb']:.0f} Kb -> {after['size_kb']:.0f} Kb\n\n{table}\n")
     rounds = format_filter_rounds(done.extra.get("rounds", []))
-    s.run.write_text("results.md", f"## {cfg.name}: {cfg.model.arch}, L1-norm filter pruning "
-                                   f"({cfg.prune.strategy}){_schedule_title(cfg)}\n\n{table}\n{rounds}")
+    markdown = (f"## {cfg.name}: {cfg.model.arch}, L1-norm filter pruning ({cfg.prune.strategy}){_schedule_title(cfg)}"
+                f"\n\n{table}\n{rounds}")
     if rounds:
         print(rounds)
-    s.run.write_json("results.json", {
+    results = {
         "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
         "schedule": _schedule_record(cfg), "before": before, "after": after, "reduction_percent": change,
         "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
         "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,
         "checkpoint": done.checkpoint, **done.extra, "provenance": s.config["provenance"], "seed": cfg.seed,
-    })
+    }
+    s.run.write_text("results.md", markdown)
+    s.run.write_json("results.json", results)  # before exporting: a failing export loses none of the run
+    if s.export:
+        with _results_kept_on_error(s):
+            results["export"] = export_final(s, done.final_checkpoint)
+        exports = format_export_table(results["export"])
+        print(exports)
+        s.run.write_text("results.md", markdown + exports)
+        s.run.write_json("results.json", results)
     s.logger.log_text(table)
     print(f"Results: {s.run / 'results.md'}, {s.run / 'results.json'}")
 

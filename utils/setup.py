@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
         distributed.split_batch(d.batch_size, world)
     mean, std = default_mean_std(d.name)
     bundle = build_datasets(d.name, d.root, mean=d.mean or mean, std=d.std or std, train=train, download=d.download,
-                            image_size=d.image_size)
+                            image_size=d.image_size, decode=d.decode)
     if d.loader == "gpu":
         from utils.device_data import build_device_loaders
 
@@ -92,7 +93,11 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
                                                          test_batch_size=d.test_batch_size,
                                                          channels_last=channels_last, rank=rank, world=world)
     else:
-        train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=d.workers, seed=cfg.seed,
+        from utils.data import auto_workers
+
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        workers = d.workers if d.workers is not None else auto_workers(local_processes)
+        train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=workers, seed=cfg.seed,
                                                   test_batch_size=d.test_batch_size,
                                                   pin_memory=device.type == "cuda", rank=rank, world=world)
     return Data(num_classes=bundle.num_classes, input_size=bundle.input_size, train_loader=train_loader,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from utils import distributed
 from utils.checkpoint import model_size_kb, provenance
 from utils.config import ExperimentConfig
 from utils.engine import evaluate
@@ -41,7 +42,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         stats = evaluate(model, data.test_loader, nn.CrossEntropyLoss(), device)
         source = resume or cfg.model.checkpoint or "untrained weights"
         print(f"[Test] {source}: Top1: {stats['top1']:.4f}, Top5: {stats['top5']:.4f}, Loss: {stats['loss']:.4f}")
-        if export:
+        if export and distributed.is_main():
             path = Path(resume)
             export_model(model, loaded.checkpoint, path.parent, path.stem, export, data.input_size)
         return 0
@@ -75,7 +76,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         print(f"Best test accuracy: {result.best_top1:.4f}")
     print(f"Model size: {model_size_kb(model):.0f} Kb")
     print(f"Checkpoints: {run / 'last.pth'}, {run / 'best.pth'}")
-    if export:  # the best epoch's model, as a user ships it
+    if export and distributed.is_main():  # the best epoch's model, as a user ships it (rank 0 alone wrote it)
         best = load_toolkit_checkpoint(run / "best.pth")
         export_model(best.model, best.checkpoint, run.path, "best", export, data.input_size)
     return 0
