@@ -28,8 +28,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def cli() -> int:
     args = get_args_parser().parse_args()
     from utils.config import load_config
-    from utils.pruner import main
-    from utils.setup import check_names
 
     overrides = list(args.overrides)
     if args.prune_percent is not None:
@@ -37,7 +35,10 @@ def cli() -> int:
             if not 0 <= p < 1:
                 raise UserError(f"--prune_percent {p}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
         overrides.append(f"prune.percent={list(args.prune_percent)}")
-    cfg = load_config(args.json, overrides)
+    cfg = load_config(args.json, overrides)  # before torch is imported: a bad file fails at once
+    from utils.pruner import main
+    from utils.setup import check_names
+
     check_names(cfg, args.json)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, export=tuple(args.export))
 

@@ -28,10 +28,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def cli() -> int:
     args = get_args_parser().parse_args()
     from utils.config import load_config
+
+    cfg = load_config(args.json, args.overrides)  # before torch is imported: a bad file fails at once
     from utils.setup import check_names
     from utils.trainer import main
 
-    cfg = load_config(args.json, args.overrides)
     check_names(cfg, args.json)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, evaluate_only=args.evaluate,
                 export=tuple(args.export))

@@ -167,6 +167,91 @@ def test_two_processes_compute_what_one_does_with_the_same_global_batch(tmp_path
     assert len((Path(out) / "run-2" / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0's lines only
 
 
+def rng_streams(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: draw after :func:`seed_ranks`, gather every rank's generator state, draw again, restore, redraw."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    from utils import distributed
+    from utils.checkpoint import capture_rng_state, restore_rng_state
+
+    distributed.start(None)
+    distributed.seed_ranks(3)
+    first = torch.rand(4)
+    states = distributed.gather_object(capture_rng_state())
+    mine = capture_rng_state()
+    second = torch.rand(4)
+    restore_rng_state(mine)
+    again = torch.rand(4)
+    draws = distributed.gather_object({"first": first, "second": second, "again": again})
+    if distributed.is_main():
+        torch.save({"draws": draws, "states": [s["torch"] for s in states]}, Path(out) / "rng.pt")
+    distributed.stop()
+
+
+def test_each_rank_draws_its_own_random_numbers_and_the_checkpoint_keeps_them_all(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(rng_streams, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "rng.pt")
+    draws, states = saved["draws"], saved["states"]
+    assert not torch.equal(draws[0]["first"], draws[1]["first"])  # dropout would drop other units on each rank
+    assert not torch.equal(states[0], states[1])
+    for rank in (0, 1):
+        assert torch.equal(draws[rank]["second"], draws[rank]["again"])
+        seeds = torch.randint(2**62, (2,), generator=torch.Generator().manual_seed(3))  # a function of the seed
+        torch.manual_seed(int(seeds[rank]))
+        assert torch.equal(torch.rand(4), draws[rank]["first"])
+
+
+def fit_dropout(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    """One rank: a small net with dropout trained 2 epochs, and again 1 epoch + a resume from its ``last.pth``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from torch import nn
+
+    from utils import distributed
+    from utils.checkpoint import load_checkpoint
+    from utils.config import OptimConfig
+    from utils.run import RunDir
+    from utils.setup import select_device
+    from utils.training import fit
+
+    device = select_device(None)
+    mean, std = default_mean_std("cifar10")
+    bundle = build_datasets("cifar10", folder, mean=mean, std=std, train=True)
+    train, test = build_loaders(bundle, batch_size=16, workers=0, seed=4, test_batch_size=10,
+                                rank=distributed.rank(), world=distributed.world_size())
+
+    def train_for(epochs: int, name: str, resume: dict[str, Any] | None = None) -> Path:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                              nn.Dropout(0.5), nn.Linear(128, 10))
+        if resume is not None:
+            model.load_state_dict(resume["state_dict"])
+        run = RunDir(Path(out) / name)
+        run.path.mkdir(parents=True, exist_ok=True)
+        optim = OptimConfig(epochs=epochs, lr=0.05, momentum=0.9, schedule="constant")
+        fit(model, train_loader=train, test_loader=test, optim=optim, device=device, run=run, arch={}, config={},
+            seed=4, resume=resume)
+        distributed.barrier()
+        return run.path / "last.pth"
+
+    train_for(2, "whole")
+    train_for(2, "part", resume=load_checkpoint(train_for(1, "part")))
+    distributed.stop()
+
+
+@pytest.mark.slow
+def test_dropout_run_resumed_under_torchrun_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", per_batch=16, n_test=20)
+    out = tmp_path / "out"
+    torch.multiprocessing.spawn(fit_dropout, args=(2, free_port(), str(tmp_path / "data"), str(out)), nprocs=2,
+                                join=True)
+    whole, part = load(out / "whole" / "last.pth"), load(out / "part" / "last.pth")
+    assert len(whole["rng_ranks"]) == 2 and whole["epoch"] == part["epoch"] == 2
+    for key, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, part["state_dict"][key]), key
+
+
 # ---------------------------------------------------------------------------------------------------- torchrun
 
 

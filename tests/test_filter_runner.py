@@ -305,7 +305,8 @@ def vgg_runs(work: Path) -> dict[str, Run]:
     spec = json.loads(VGG_JSON.read_text())
     config = write_config(work / "vgg.json", **{
         **spec, "data": cifar(work / "data"), "model": {**spec["model"], "checkpoint": str(checkpoint)},
-        "retrain": {**spec["retrain"], "epochs": 0}, "output": {"dir": str(work / "runs")}})
+        "prune": {**spec["prune"], "latency": False}, "retrain": {**spec["retrain"], "epochs": 0},
+        "output": {"dir": str(work / "runs")}})
     return {strategy: succeeded(run_script(PRUNER, "--json", str(config), "--set", f"prune.strategy={strategy}",
                                            cwd=work))
             for strategy in ("independent", "greedy")}
@@ -328,6 +329,9 @@ def test_vgg16_li_et_al_table1_counts(vgg_runs: dict[str, Run], strategy: str) -
     assert count_params(pruned) == 5_397_034 and hook_macs(pruned) == 206_279_680
     assert "Epoch 0." not in run.stdout and res["average_top1_last_epochs"] is None
     assert res["after"]["top1"] == res["pruned_before_retraining"]["top1"]
+    # prune.latency false: no timing, and no latency in the report
+    assert "latency_ms" not in res["before"] and "latency_ms" not in res["reduction_percent"]
+    assert "| latency" not in (run.path / "results.md").read_text() and "| latency" not in run.stdout
 
 
 @pytest.mark.slow
@@ -496,7 +500,8 @@ def test_shared_akamaster_resnet20_sensitivity(shared: Any, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_shared_akamaster_resnet20_filter_prune_a_style(shared: Any, tmp_path: Path) -> None:
     config = akamaster_config(shared, tmp_path, "aka20_filter",
-                              {"method": "filter", "layers": ["layer1", "layer2", "layer3"], "ratios": [0.1]})
+                              {"method": "filter", "layers": ["layer1", "layer2", "layer3"], "ratios": [0.1],
+                               "latency": False})
     run = succeeded(run_script(PRUNER, "--json", str(config), cwd=tmp_path))
     res = results(run)
     assert res["before"]["top1"] == pytest.approx(91.64, abs=0.1)

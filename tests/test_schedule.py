@@ -449,7 +449,7 @@ def test_agp_weight_run_reaches_the_target_and_resumes_exactly(work: Path) -> No
 @pytest.mark.slow
 def test_iterative_filter_run_removes_filters_round_by_round(work: Path) -> None:
     prune = {"method": "filter", "layers": ["layer1", "layer2.residual"], "ratios": [0.5, 0.25],
-             "schedule": "iterative", "rounds": 2}
+             "schedule": "iterative", "rounds": 2, "latency": False}
     run = succeeded(run_script(PRUNER, "--json", str(experiment(work, "fiter", shortcut="B", prune=prune,
                                                                 retrain=RETRAIN)), cwd=work)).path
     assert run is not None
@@ -476,7 +476,7 @@ def test_iterative_filter_run_removes_filters_round_by_round(work: Path) -> None
 @pytest.mark.slow
 def test_agp_filter_run_zeroes_then_removes_exactly_those_filters(work: Path) -> None:
     prune = {"method": "filter", "layers": ["layer1", "layer2.residual"], "ratios": [0.5, 0.25],
-             "schedule": "agp", "frequency": 2}
+             "schedule": "agp", "frequency": 2, "latency": False}
     run = succeeded(run_script(PRUNER, "--json", str(experiment(work, "fagp", shortcut="B", prune=prune,
                                                                 retrain=RETRAIN)), cwd=work)).path
     assert run is not None

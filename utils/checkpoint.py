@@ -6,6 +6,9 @@ A checkpoint of this tool is a dict::
      "masks": {param name: bool tensor} or None, "optimizer": ..., "scheduler": ..., "epoch": int,
      "best_top1": float, "config": {...}, "rng": {...}, "provenance": {git commit, versions, device}}
 
+plus, from training, ``history``, ``progress`` (a run stopped inside an epoch), ``scaler`` (fp16) and, under
+torchrun, ``rng_ranks`` (every rank's ``rng``, in rank order).
+
 Loading rebuilds the model from ``arch`` (so a physically pruned model needs nothing but its file) and
 loads the weights with strict keys. Files are read with ``torch.load(weights_only=True)``: a checkpoint
 someone sent you cannot run code.

@@ -189,6 +189,9 @@ class PruneConfig:
     agp_end: float = _opt(0.75, "`agp`: the fraction of the retraining steps over which the sparsity ramps up; the "
                           "rest trains at the final sparsity.", check=lambda v: 0 < v <= 1,
                           expect="a number in (0, 1]")
+    latency: bool = _opt(True, "`filter`: time inference of the unpruned and the pruned model side by side for the "
+                         "report (batch 1 and 64 on a CPU, 1 and 256 on a GPU: several seconds on a CPU); `false` "
+                         "leaves latency out of the report.")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ into one process group (NCCL on GPUs, gloo on CPUs), and everything else follows
   every file goes through (:func:`utils.checkpoint.atomic_write_bytes`) and the metrics log; the other ranks print
   nothing (``stdout`` is closed for them; errors still reach ``stderr``).
 
-BatchNorm normalises each rank's share of the batch unless ``train.sync_bn`` (:func:`sync_batchnorm`).
+BatchNorm normalises each rank's share of the batch unless ``train.sync_bn`` (:func:`sync_batchnorm`). Each rank
+draws its own random numbers (:func:`seed_ranks`), and a checkpoint holds every rank's generator state, so that a
+resumed run draws what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -146,6 +148,24 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0, group=_CONTROL)
     return box[0]
+
+
+def gather_object(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (``[obj]`` in one process)."""
+    if not active():
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0, group=_CONTROL)
+    return out
+
+
+def seed_ranks(seed: int) -> None:
+    """Give each rank its own stream of random numbers (dropout), derived from ``seed`` alone: rank r's seed is the
+    r-th draw of a generator seeded with ``seed``. With one seed everywhere every rank would drop the same units of
+    its own share of the batch. One process: nothing changes."""
+    if world_size() > 1:
+        seeds = torch.randint(2**62, (world_size(),), generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(int(seeds[rank()]))
 
 
 def barrier() -> None:

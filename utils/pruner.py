@@ -885,9 +885,10 @@ def run_filter(s: Session) -> None:
     model, outcome, pruned, final, average = done.model, done.outcome, done.pruned, done.final, done.average
     after = {**profile_model(model, s.data.input_size, device=s.device, latency=False),
              "top1": final["top1"], "top5": final["top5"]}
-    timings = compare_latency({"before": original, "after": model}, s.data.input_size, device=s.device)
-    before.update(timings["before"])
-    after.update(timings["after"])
+    if cfg.prune.latency:
+        timings = compare_latency({"before": original, "after": model}, s.data.input_size, device=s.device)
+        before.update(timings["before"])
+        after.update(timings["after"])
     accuracy = ("top1", "top5")
     change = reduction({k: v for k, v in before.items() if k not in accuracy}, after)
     for key in accuracy:  # relative like the costs where defined; the table shows the change in points

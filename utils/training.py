@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from utils import distributed
-from utils.checkpoint import atomic_write_bytes, checkpoint_bytes, make_checkpoint, restore_rng_state
+from utils.checkpoint import (
+    atomic_write_bytes,
+    capture_rng_state,
+    checkpoint_bytes,
+    make_checkpoint,
+    restore_rng_state,
+)
 from utils.config import OptimConfig
 from utils.engine import Meter, evaluate, train_one_epoch
 from utils.interrupt import GracefulStop, RunInterrupted
@@ -173,7 +179,9 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
         keeper = MaskKeeper(model, masks)
         keeper.attach(optimizer)
     start_epoch, best_top1, history, progress = 0, float("-inf"), [], None
-    if resume is not None:
+    if resume is None:
+        distributed.seed_ranks(seed)
+    else:
         if resume.get("optimizer"):
             optimizer.load_state_dict(resume["optimizer"])
         start_epoch = int(resume.get("epoch", 0))
@@ -185,6 +193,11 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
             scaler.load_state_dict(resume["scaler"])
         if resume.get("rng"):
             restore_rng_state(resume["rng"])
+        ranks_rng = resume.get("rng_ranks") or []
+        if len(ranks_rng) == distributed.world_size() > 1:  # each rank goes on with its own stream
+            restore_rng_state(ranks_rng[distributed.rank()])
+        else:
+            distributed.seed_ranks(seed + start_epoch)  # saved by another number of processes, or by none
         if start_epoch >= optim.epochs:
             print(f"The checkpoint has already completed {start_epoch} of {optim.epochs} epochs: nothing to resume.")
     result = FitResult(epochs_run=0, best_top1=best_top1, history=history, masks=masks)
@@ -216,6 +229,7 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
         progress = None
         if meter is not None:  # the sums over all ranks: a collective, so before the ranks part
             progress = {"step": meter.steps, "meter": meter.reduced().state_dict(), "seconds": seconds}
+        ranks_rng = distributed.gather_object(capture_rng_state()) if distributed.world_size() > 1 else None
         if not distributed.is_main():
             return None
         ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch, optimizer=optimizer,
@@ -226,6 +240,8 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
             ckpt["scaler"] = scaler.state_dict()
         if progress is not None:
             ckpt["progress"] = progress
+        if ranks_rng is not None:
+            ckpt["rng_ranks"] = ranks_rng
         data = checkpoint_bytes(ckpt)
         atomic_write_bytes(run / "last.pth", data)
         return data
