@@ -116,23 +116,36 @@ class Float64:
         return ((x.double(), y) for x, y in self.loader)
 
 
-def fit_float64(rank: int, world: int, port: int, folder: str, out: str) -> None:
-    """One rank of a float64 training run with ``fit`` (``world`` 1: a plain single process)."""
+def join_as_rank(rank: int, world: int, port: int) -> None:
+    """Make this spawned process rank ``rank`` of ``world`` (the environment torchrun would give it)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from models import get_model
+
+
+def rank_device_and_loaders(folder: str, test_batch_size: int) -> tuple[torch.device, Any, Any]:
+    """This rank's device (joining the group) and its share of the tiny CIFAR-10 in ``folder``, 16 images a step."""
     from utils import distributed
-    from utils.config import OptimConfig
-    from utils.run import RunDir
     from utils.setup import select_device
-    from utils.training import fit
 
     device = select_device(None)
     mean, std = default_mean_std("cifar10")
     bundle = build_datasets("cifar10", folder, mean=mean, std=std, train=True)
-    train, test = build_loaders(bundle, batch_size=16, workers=0, seed=4, test_batch_size=7,
+    train, test = build_loaders(bundle, batch_size=16, workers=0, seed=4, test_batch_size=test_batch_size,
                                 rank=distributed.rank(), world=distributed.world_size())
+    return device, train, test
+
+
+def fit_float64(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    """One rank of a float64 training run with ``fit`` (``world`` 1: a plain single process)."""
+    join_as_rank(rank, world, port)
+    from models import get_model
+    from utils import distributed
+    from utils.config import OptimConfig
+    from utils.run import RunDir
+    from utils.training import fit
+
+    device, train, test = rank_device_and_loaders(folder, test_batch_size=7)
     torch.manual_seed(0)
     model = get_model("resnet20", num_classes=10).double()
     optim = OptimConfig(epochs=2, lr=0.02, momentum=0.9, weight_decay=5e-4, schedule="cosine", sync_bn=True)
@@ -169,8 +182,7 @@ def test_two_processes_compute_what_one_does_with_the_same_global_batch(tmp_path
 
 def rng_streams(rank: int, world: int, port: int, out: str) -> None:
     """One rank: draw after :func:`seed_ranks`, gather every rank's generator state, draw again, restore, redraw."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    join_as_rank(rank, world, port)
     from utils import distributed
     from utils.checkpoint import capture_rng_state, restore_rng_state
 
@@ -203,23 +215,16 @@ def test_each_rank_draws_its_own_random_numbers_and_the_checkpoint_keeps_them_al
 
 def fit_dropout(rank: int, world: int, port: int, folder: str, out: str) -> None:
     """One rank: a small net with dropout trained 2 epochs, and again 1 epoch + a resume from its ``last.pth``."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
+    join_as_rank(rank, world, port)
     from torch import nn
 
     from utils import distributed
     from utils.checkpoint import load_checkpoint
     from utils.config import OptimConfig
     from utils.run import RunDir
-    from utils.setup import select_device
     from utils.training import fit
 
-    device = select_device(None)
-    mean, std = default_mean_std("cifar10")
-    bundle = build_datasets("cifar10", folder, mean=mean, std=std, train=True)
-    train, test = build_loaders(bundle, batch_size=16, workers=0, seed=4, test_batch_size=10,
-                                rank=distributed.rank(), world=distributed.world_size())
+    device, train, test = rank_device_and_loaders(folder, test_batch_size=10)
 
     def train_for(epochs: int, name: str, resume: dict[str, Any] | None = None) -> Path:
         torch.manual_seed(0)
