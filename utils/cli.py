@@ -8,7 +8,6 @@ elsewhere they stop without a traceback. Anything else is a bug and keeps its tr
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -65,8 +64,10 @@ def resume_command(argv: list[str], resume: Path) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             args.append(arg)
-    launcher = ["python"]
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if world > 1:
+    from utils import distributed
+
+    launcher, launch = ["python"], distributed.launched()
+    if launch is not None:
+        world, local = launch.world_size, launch.local_world_size
         launcher = ["torchrun", f"--nproc_per_node={local}"] + ([f"--nnodes={world // local}"] if world > local else [])
     return shlex.join([*launcher, argv[0], *args, "--resume", str(resume)])

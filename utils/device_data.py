@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
-from utils.sampling import epoch_seed, rank_positions
+from utils.sampling import epoch_seed, rank_positions, rank_share
 from utils.tv import torchvision
 
 T = torchvision.transforms
@@ -212,8 +212,8 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         if self.world > 1:
-            mine = rank_positions(len(self.sampler), self.batch_size, self.rank, self.world)
-            return math.ceil(len(mine) / (self.batch_size // self.world))
+            share = rank_share(len(self.sampler), self.batch_size, self.world)
+            return math.ceil(share / (self.batch_size // self.world))
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -42,6 +42,7 @@ class Launch:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int  # the processes on this machine
 
 
 def launched() -> Launch | None:
@@ -49,7 +50,8 @@ def launched() -> Launch | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    return Launch(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Launch(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                  local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def active() -> bool:

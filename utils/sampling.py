@@ -27,6 +27,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * SEED_STRIDE + epoch
 
 
+def rank_share(count: int, global_batch: int, world: int) -> int:
+    """How many of a pass's ``count`` positions each rank takes (the length of :func:`rank_positions`)."""
+    full, last = divmod(count, global_batch)
+    return full * (global_batch // world) + last // world
+
+
 def rank_positions(count: int, global_batch: int, rank: int, world: int) -> torch.Tensor:
     """The positions ``0..count-1`` of a pass that rank ``rank`` of ``world`` takes, in order: its contiguous
     ``global_batch / world`` of every step's ``global_batch`` positions (:mod:`utils.distributed`). The pass's last,
@@ -80,8 +86,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
         count = self.size - self.start
         if self.world > 1:
             assert self.global_batch is not None
-            full, last = divmod(count, self.global_batch)
-            return full * (self.global_batch // self.world) + last // self.world
+            return rank_share(count, self.global_batch, self.world)
         return count
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +94,8 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
     else:
         from utils.data import auto_workers
 
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        workers = d.workers if d.workers is not None else auto_workers(local_processes)
+        launch = distributed.launched()
+        workers = d.workers if d.workers is not None else auto_workers(launch.local_world_size if launch else 1)
         train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=workers, seed=cfg.seed,
                                                   test_batch_size=d.test_batch_size,
                                                   pin_memory=device.type == "cuda", rank=rank, world=world)
