@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from utils.cli import add_common_arguments, run_main
-from utils.errors import UserError
+from utils.app.cli import add_common_arguments, run_main
+from utils.core.errors import UserError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def cli() -> int:
     args = get_args_parser().parse_args()
-    from utils.config import load_config
+    from utils.config.schema import load_config
 
     overrides = list(args.overrides)
     if args.prune_percent is not None:
@@ -36,8 +36,8 @@ def cli() -> int:
                 raise UserError(f"--prune_percent {p}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
         overrides.append(f"prune.percent={list(args.prune_percent)}")
     cfg = load_config(args.json, overrides)  # before torch is imported: a bad file fails at once
-    from utils.pruner import main
-    from utils.setup import check_names
+    from utils.app.names import check_names
+    from utils.app.pruner_main import main
 
     check_names(cfg, args.json)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, export=tuple(args.export))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from utils.cli import add_common_arguments, run_main
+from utils.app.cli import add_common_arguments, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,11 +27,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def cli() -> int:
     args = get_args_parser().parse_args()
-    from utils.config import load_config
+    from utils.config.schema import load_config
 
     cfg = load_config(args.json, args.overrides)  # before torch is imported: a bad file fails at once
-    from utils.setup import check_names
-    from utils.trainer import main
+    from utils.app.names import check_names
+    from utils.app.trainer_main import main
 
     check_names(cfg, args.json)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, evaluate_only=args.evaluate,

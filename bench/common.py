@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoint import git_commit
+from utils.core.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -36,7 +36,7 @@ def cpu_model() -> str:
 
 def prepare_device(name: str, threads: int | None) -> torch.device:
     """The device a benchmark runs on, with ``threads`` torch threads (None: torch's default) and cuDNN autotuning
-    on a GPU, as ``utils.setup.select_device`` sets it for ``--gpu``."""
+    on a GPU, as ``utils.app.setup.select_device`` sets it for ``--gpu``."""
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(name)

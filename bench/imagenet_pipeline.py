@@ -9,7 +9,7 @@ uint8 batches normalised there, and the training step of the ImageNet models the
 
 Data: the shared ImageNet sample (``../shared/data/imagenet-sample/val``, or ``--data``: any ImageFolder split)
 replicated ``--copies`` times into a temporary tree of symbolic links, ``train/`` and ``val/`` alike (nothing is
-copied), which the real ``utils.data`` code then builds and loads. Its ~34 MB stay in the page cache: this measures
+copied), which the real ``utils.data.datasets`` code then builds and loads. Its ~34 MB stay in the page cache: this measures
 decoding and transforms, not disk reads. Its images are 256 pixels on the short side, where ILSVRC-2012's average
 roughly 470x390: decoding costs less per image than on the real data, and evaluation's Resize(256) is nearly free.
 
@@ -50,9 +50,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, shared_data, spread, synchronize
-from utils import data
-from utils.data import BatchNormalize, build_loaders, default_mean_std, torchvision_io_problem
-from utils.sampling import SeededAugmentation
+from utils.data import datasets as data
+from utils.data.datasets import BatchNormalize, build_loaders, default_mean_std, torchvision_io_problem
+from utils.data.sampling import SeededAugmentation
 
 PIPELINES = ("per-image", "batched", "torchvision", "on-device")
 SPLITS = ("train", "eval")
@@ -218,7 +218,7 @@ def run_segment(v: Variant, device: torch.device, settle: int, batches: int, bat
 def model_rates(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
     """Training images/s of each of ``args.models`` on synthetic normalised batches: the rate a loader must feed."""
     from models import get_model
-    from utils.engine import train_step
+    from utils.train.engine import train_step
 
     rates: dict[str, list[float]] = {}
     autocast = torch.bfloat16 if args.amp == "bf16" else None

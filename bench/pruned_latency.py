@@ -6,9 +6,9 @@ MACs ratio 0.66).
 
 The pruned model is made as ``pruner_exp.py`` makes it: the experiment file's filter spec
 (``experiments/prune/cifar10_filter_prune_vgg16_bn.json``: half the filters of conv1 and conv8-conv13) applied by
-``utils.pruner.prepare_pruning`` (``pruning.prune_filters``, physical removal). Weights are random unless
+``utils.app.pruner_main.prepare_pruning`` (``pruning.prune_filters``, physical removal). Weights are random unless
 ``--checkpoint`` is given: which filters go depends on the weights, how many (so the shapes, MACs and latency) does
-not. Latency comes from ``utils.profile.compare_latency``: both models timed in turn in every round, medians per
+not. Latency comes from ``utils.report.profile.compare_latency``: both models timed in turn in every round, medians per
 batch size, so the ratio is side by side.
 """
 
@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, header, prepare_device
 from models import get_model
-from utils.config import load_config
-from utils.profile import compare_latency, count_macs, count_params
-from utils.pruner import prepare_pruning
-from utils.setup import load_toolkit_checkpoint, model_options
+from utils.app.pruner_main import prepare_pruning
+from utils.app.setup import model_options
+from utils.checkpoint.load import load_toolkit_checkpoint
+from utils.config.schema import load_config
+from utils.report.profile import compare_latency, count_macs, count_params
 
 EXPERIMENT = REPO / "experiments" / "prune" / "cifar10_filter_prune_vgg16_bn.json"
 

@@ -5,14 +5,14 @@
 
 What is timed, and why this is the honest measure:
 
-* the sweep is ``utils.pruner.main(cfg)``, the very function ``pruner_exp.py`` calls after parsing its arguments,
+* the sweep is ``utils.app.pruner_main.main(cfg)``, the very function ``pruner_exp.py`` calls after parsing its arguments,
   on ``experiments/shared/cifar10_subset_weight_prune_akamaster_resnet56.json`` (the public akamaster ResNet-56 on
   the 1,017 test images of the shared lossless CIFAR-10 subset) with ``prune.percent`` set to 0.1 ... 0.9. So the
   total holds everything a user waits for except starting Python and importing torch: building the loaders and
   their worker processes, reading the checkpoint, the baseline evaluation, and per ratio copying the model,
   pruning, evaluating, the sparsity report and the saved ``pruned.pth``, then the tables. ``--subprocess`` also
   times ``python pruner_exp.py`` as a whole (interpreter and imports included), once per round;
-* one evaluation is ``utils.engine.evaluate`` of the unpruned model over the same test loader (same batch size and
+* one evaluation is ``utils.train.engine.evaluate`` of the unpruned model over the same test loader (same batch size and
   workers), measured in the same process right before and right after each sweep, on a warm loader (the median
   of ``--evals`` passes each time, after one untimed pass): the steady cost of an evaluation, so that start-up
   costs count as overhead;
@@ -42,10 +42,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, header, median, prepare_device, shared_data, spread
-from utils import pruner
-from utils.config import ExperimentConfig, load_config
-from utils.engine import evaluate
-from utils.setup import build_data, build_model, check_names, seed_everything, select_device
+from utils.app import pruner_main as pruner
+from utils.app.names import check_names
+from utils.app.setup import build_data, build_model, seed_everything, select_device
+from utils.config.schema import ExperimentConfig, load_config
+from utils.train.engine import evaluate
 
 EXPERIMENT = REPO / "experiments" / "shared" / "cifar10_subset_weight_prune_akamaster_resnet56.json"
 RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -92,7 +93,7 @@ def time_evaluation(cfg: ExperimentConfig, gpu: int | None, evals: int) -> list[
 
 
 def time_sweep(cfg: ExperimentConfig, gpu: int | None) -> tuple[float, list[float], str]:
-    """Seconds of ``utils.pruner.main(cfg)``, the seconds of each evaluation it ran, and its printed table."""
+    """Seconds of ``utils.app.pruner_main.main(cfg)``, the seconds of each evaluation it ran, and its printed table."""
     inside: list[float] = []
 
     def timed_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:

@@ -6,7 +6,7 @@ autocast, eager vs ``torch.compile``.
 
 A step is what the trainer does (forward, cross-entropy, backward, SGD with momentum and weight decay), with the
 batch fetched from the loader inside the timed region: the loader's cost is part of what is measured. The step is the
-trainer's own (:func:`utils.engine.train_step`), with the trainer's options: ``train.amp`` (bf16), ``train.compile``,
+trainer's own (:func:`utils.train.engine.train_step`), with the trainer's options: ``train.amp`` (bf16), ``train.compile``,
 ``train.channels_last``.
 
 All variants of a model are built first, warmed up (``torch.compile`` compiles there; its time is printed apart),
@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, spread, synchronize, write_synthetic_cifar
 from models import get_model
-from utils.data import build_datasets, build_loaders, default_mean_std
-from utils.device_data import build_device_loaders
-from utils.engine import train_step as engine_step
-from utils.training import AMP_DTYPES
+from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+from utils.data.device import build_device_loaders
+from utils.train.engine import train_step as engine_step
+from utils.train.fit import AMP_DTYPES
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

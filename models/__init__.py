@@ -1,13 +1,12 @@
-"""Model architectures, the registry that builds them by name, and strict weight loading.
+"""Model architectures and the registry that builds them by name.
 
 Importing the package registers every architecture: the CIFAR VGG-16-BN and ResNets, and the
 torchvision ImageNet wrappers.
 """
 
-from models.loading import load_state_dict_strict, load_weights_file, read_checkpoint_file, read_state_dict
-from models.registry import get_model, get_model_builder, list_models, model_options, register_model
+from models.api import get_model, get_model_builder, list_models, model_options, register_model
 from models.resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56, resnet110
-from models.tv import tv_mobilenet_v2, tv_resnet18, tv_resnet34
+from models.torchvision_models import tv_mobilenet_v2, tv_resnet18, tv_resnet34
 from models.vgg_cifar import VGGCifar, vgg16_bn_cifar
 
 __all__ = [
@@ -16,11 +15,7 @@ __all__ = [
     "get_model",
     "get_model_builder",
     "list_models",
-    "load_state_dict_strict",
-    "load_weights_file",
     "model_options",
-    "read_checkpoint_file",
-    "read_state_dict",
     "register_model",
     "resnet20",
     "resnet32",

@@ -7,7 +7,7 @@ depth = 6n + 2.
 Module names are exactly those of the chenyaofo/pytorch-cifar-models checkpoints
 (``conv1, bn1, layer1..3.N.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}, fc``), so those load
 without renaming. akamaster/pytorch_resnet_cifar10 calls the head ``linear``; that one rename is
-declared in :attr:`CifarResNet.checkpoint_key_aliases` and applied by :mod:`models.loading`.
+declared in :attr:`CifarResNet.checkpoint_key_aliases` and applied by :mod:`utils.checkpoint.load`.
 
 Shortcuts where the shape changes:
 
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import check_widths, register_model
-from utils.errors import UserError
+from models.api import check_widths, register_model
+from utils.core.errors import UserError
 
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = {"A": "parameter-free: subsample and zero-pad channels", "B": "1x1 conv + BatchNorm"}

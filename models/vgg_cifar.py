@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.registry import check_widths, register_model
-from utils.errors import UserError
+from models.api import check_widths, register_model
+from utils.core.errors import UserError
 
 # Output channels of the 13 convs; "M" is a 2x2 max-pool. (Simonyan & Zisserman configuration D.)
 # fmt: off

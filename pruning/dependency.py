@@ -51,8 +51,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from models.resnet_cifar import CifarResNet
 from models.vgg_cifar import VGGCifar
-from utils.errors import UserError
-from utils.tv import torchvision
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
 
 __all__ = ["ChannelGraph", "ChannelGroup", "Consumer", "LayerNames", "analyse", "build_groups",
            "default_example_input", "layer_names", "prunable_layers"]

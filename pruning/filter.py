@@ -35,7 +35,7 @@ from pruning.dependency import ChannelGraph, LayerNames, analyse, layer_names
 from pruning.importance import group_scores
 from pruning.registry import register_method
 from pruning.surgery import pruned_shapes, remove_channels
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 __all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "filter_masks", "filters_to_remove", "masked_filters",
            "plan_filters", "prune_filters", "remove_filters", "select_filters"]

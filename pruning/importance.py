@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pruning.dependency import ChannelGroup
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 __all__ = ["FilterImportance", "get_importance", "group_scores", "l1_filter_norms", "list_importances",
            "register_importance"]

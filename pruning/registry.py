@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 class PruneOutcome(Protocol):

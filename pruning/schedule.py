@@ -2,7 +2,7 @@
 
 The third of the three parts (which / how / what *and when*): the maths of the schedules, independent of how
 weights or filters are chosen. The pruners (:mod:`pruning.weight`, :mod:`pruning.filter`) take the ratios and
-counts computed here; the runner (:mod:`utils.pruner`) calls them at the right moments.
+counts computed here; the runner (:mod:`utils.app.pruner_main`) calls them at the right moments.
 
 * ``one_shot``: prune once to the final ratio, then retrain (Han et al.'s single step; Li et al.).
 * ``iterative``: ``rounds`` times prune to a growing ratio, then retrain ``retrain.epochs / rounds`` epochs
@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 __all__ = ["SCHEDULES", "AgpPlan", "agp_plan", "cubic_fraction", "epochs_per_round", "round_ratios",
            "scheduled_count", "sparsity_at"]

@@ -25,6 +25,7 @@ from torch import fx, nn
 from pruning.dependency import ChannelGraph, analyse, layer_names
 from pruning.filter import filters_to_remove
 from pruning.importance import group_scores
+from utils.core.metrics import Meter
 
 
 def _replicate(x: torch.Tensor, copies: int) -> torch.Tensor:
@@ -71,8 +72,6 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     first); the model itself is not modified. Returns one dict per ratio: ``ratio, filters, kept, top1, top5,
     loss``.
     """
-    from utils.engine import Meter
-
     graph = graph if graph is not None else analyse(model, example_input)
     names = layer_names(model, graph)
     group = graph.group_of(names.module(names.resolve(layer)[0]))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pruning.dependency import ChannelGroup
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 __all__ = ["apply_shapes", "pruned_shapes", "remove_channels"]
 

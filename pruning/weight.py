@@ -25,7 +25,7 @@ from torch import nn
 
 from pruning.masks import apply_masks
 from pruning.registry import register_method
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 __all__ = ["KINDS", "SCOPES", "WeightPruneResult", "apply_masks", "check_percent", "check_scope", "compute_masks",
            "magnitude", "prunable_weights", "prune_weights", "prune_weights_further"]

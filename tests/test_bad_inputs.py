@@ -70,7 +70,7 @@ class Case:
 def _save_toolkit_checkpoint(path: Path, arch: str, num_classes: int = 10) -> Path:
     """A checkpoint of this tool for a freshly initialised (seeded) ``arch``, as training writes it (epoch 0)."""
     from models import get_model
-    from utils.checkpoint import make_checkpoint
+    from utils.checkpoint.format import make_checkpoint
 
     torch.manual_seed(0)
     path.parent.mkdir(parents=True, exist_ok=True)

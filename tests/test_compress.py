@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from models import get_model
 from pruning import prune_weights
-from utils.checkpoint import check_checkpoint, load_checkpoint, make_checkpoint
-from utils.compress import (
+from utils.checkpoint.compress import (
     TENSOR_OVERHEAD_BYTES,
     compress_checkpoint,
     compress_state_dict,
@@ -29,11 +28,11 @@ from utils.compress import (
     expand_checkpoint,
     format_compression_report,
     is_compressed_checkpoint,
-    load_compressed,
     save_compressed,
 )
-from utils.errors import UserError
-from utils.setup import load_toolkit_checkpoint
+from utils.checkpoint.format import make_checkpoint
+from utils.checkpoint.load import check_checkpoint, load_checkpoint, load_compressed, load_toolkit_checkpoint
+from utils.core.errors import UserError
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 SHAPES = ((), (0, 3), (1,), (7,), (3, 5), (16, 8, 3, 3), (2000,))
@@ -375,7 +374,7 @@ def test_checkpoint_machinery_reads_compressed_files(pruned, tmp_path) -> None:
     path = tmp_path / "c.cpth"
     save_compressed(path, make_checkpoint(model=model, arch=ARCH, config={}, masks=masks))
     if is_compressed_checkpoint(check_checkpoint(torch.load(path, weights_only=True), path)):
-        pytest.skip("utils.checkpoint.check_checkpoint does not expand compressed checkpoints yet")
+        pytest.skip("utils.checkpoint.load.check_checkpoint does not expand compressed checkpoints yet")
     assert not is_compressed_checkpoint(load_checkpoint(path))
     loaded = load_toolkit_checkpoint(path)
     x = torch.randn(4, 3, 32, 32)

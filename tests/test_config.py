@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from utils.config import (
+from utils.app.names import check_names
+from utils.config.schema import (
     ExperimentConfig,
     apply_overrides,
     from_dict,
@@ -26,8 +27,7 @@ from utils.config import (
     read_json,
     reference_markdown,
 )
-from utils.errors import UserError
-from utils.setup import check_names
+from utils.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.json"))
@@ -60,7 +60,7 @@ def load_error(path: Path, overrides: tuple[str, ...] = ()) -> str:
 
 
 def leaf_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
-    """Every dotted leaf key, walked over ``dataclasses.fields`` (independently of ``utils.config``'s walker)."""
+    """Every dotted leaf key, walked over ``dataclasses.fields`` (independently of ``utils.config.schema``'s walker)."""
     hints = typing.get_type_hints(cls)
     keys: list[str] = []
     for f in dataclasses.fields(cls):
@@ -448,7 +448,7 @@ def test_to_dict_round_trips(raw: dict[str, Any]):
 def test_readme_documents_every_key_as_the_code_does():
     """The README's key table is generated from the dataclasses' metadata; a stale copy fails here
     (regenerate it with ``python -m utils.config --update-readme``)."""
-    from utils.config import README, readme_with_reference
+    from utils.config.schema import README, readme_with_reference
 
     text = README.read_text(encoding="utf-8")
     assert readme_with_reference(text) == text

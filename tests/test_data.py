@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import data
-from utils.data import DataBundle, build_datasets, build_loaders, dataset_names, default_mean_std
-from utils.errors import UserError
-from utils.tv import torchvision
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
+from utils.data import datasets as data
+from utils.data.datasets import DataBundle, build_datasets, build_loaders, dataset_names, default_mean_std
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ZERO_ONE = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # identity normalisation: tensors are raw pixels/255

@@ -2,7 +2,7 @@
 
 Exactness (a given offset and flip gives torchvision's tensor bit for bit), statistics (offsets uniform over 0..8 and
 flips at 0.5 in *both* paths, measured from the images they yield; matching per-channel mean/std), the order and
-resumption contract of :mod:`utils.sampling`, and an un-augmented test split equal to torchvision's. All on the CPU.
+resumption contract of :mod:`utils.data.sampling`, and an un-augmented test split equal to torchvision's. All on the CPU.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 from test_data import ZERO_ONE, write_cifar, write_tree
 from torch import nn
 
-from utils.data import build_datasets, build_loaders, default_mean_std
-from utils.device_data import (
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
+from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+from utils.data.device import (
     Augmentation,
     DeviceLoader,
     EpochOrder,
@@ -24,9 +26,7 @@ from utils.device_data import (
     crop_flip,
     normalize,
 )
-from utils.errors import UserError
-from utils.sampling import SeededSampler
-from utils.tv import torchvision
+from utils.data.sampling import SeededSampler
 
 F = torchvision.transforms.functional
 CIFAR_MEAN, CIFAR_STD = default_mean_std("cifar10")
@@ -218,7 +218,7 @@ def test_set_epoch_start_yields_the_suffix(steps: int) -> None:
 
 def test_start_epoch_order_resumes_a_device_loader_unchanged() -> None:
     """The trainer's own hook (``loader.sampler.set_epoch(epoch, start=step * batch_size)``) works as it is."""
-    from utils.training import start_epoch_order
+    from utils.train.fit import start_epoch_order
 
     loader = _loader()
     start_epoch_order(loader, 11, 4)
@@ -249,7 +249,7 @@ def test_channels_last_changes_the_layout_only() -> None:
 
 
 def test_trains_through_the_engine() -> None:
-    from utils.engine import train_one_epoch
+    from utils.train.engine import train_one_epoch
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))

@@ -1,8 +1,8 @@
-"""Several processes, one run (``torchrun``; :mod:`utils.distributed`), on CPUs with the gloo backend.
+"""Several processes, one run (``torchrun``; :mod:`utils.core.distributed`), on CPUs with the gloo backend.
 
 * The split: every step, the ranks' shares are exactly the single process's batch (samplers, device loader, test
   shards), and the drawn augmentations go with their images.
-* The maths: 2 processes running :func:`utils.training.fit` on a float64 model, with ``sync_bn``, end with the
+* The maths: 2 processes running :func:`utils.train.fit.fit` on a float64 model, with ``sync_bn``, end with the
   weights, BatchNorm statistics and metrics of 1 process with the same global batch (to 1e-9: float64, so the only
   difference is the order of the sums). In float32 the same runs agree only to the rounding that this network, from
   random initialisation, amplifies step after step; float64 shows that nothing else differs.
@@ -28,9 +28,9 @@ from test_data import write_cifar
 from test_interrupt import Stopped, step_line
 from test_runner import PRUNER, TRAINER, Run, cifar, load, succeeded, write_config
 
-from utils.data import build_datasets, build_loaders, default_mean_std
-from utils.device_data import DeviceLoader
-from utils.sampling import SeededSampler, rank_positions
+from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+from utils.data.device import DeviceLoader
+from utils.data.sampling import SeededSampler, rank_positions
 
 RUN_TIMEOUT_S = 600  # a hang guard: a rank waiting for another that died would otherwise wait 30 minutes
 
@@ -125,8 +125,8 @@ def join_as_rank(rank: int, world: int, port: int) -> None:
 
 def rank_device_and_loaders(folder: str, test_batch_size: int) -> tuple[torch.device, Any, Any]:
     """This rank's device (joining the group) and its share of the tiny CIFAR-10 in ``folder``, 16 images a step."""
-    from utils import distributed
-    from utils.setup import select_device
+    from utils.app.setup import select_device
+    from utils.core import distributed
 
     device = select_device(None)
     mean, std = default_mean_std("cifar10")
@@ -140,10 +140,10 @@ def fit_float64(rank: int, world: int, port: int, folder: str, out: str) -> None
     """One rank of a float64 training run with ``fit`` (``world`` 1: a plain single process)."""
     join_as_rank(rank, world, port)
     from models import get_model
-    from utils import distributed
-    from utils.config import OptimConfig
-    from utils.run import RunDir
-    from utils.training import fit
+    from utils.config.schema import OptimConfig
+    from utils.core import distributed
+    from utils.core.rundir import RunDir
+    from utils.train.fit import fit
 
     device, train, test = rank_device_and_loaders(folder, test_batch_size=7)
     torch.manual_seed(0)
@@ -183,8 +183,8 @@ def test_two_processes_compute_what_one_does_with_the_same_global_batch(tmp_path
 def rng_streams(rank: int, world: int, port: int, out: str) -> None:
     """One rank: draw after :func:`seed_ranks`, gather every rank's generator state, draw again, restore, redraw."""
     join_as_rank(rank, world, port)
-    from utils import distributed
-    from utils.checkpoint import capture_rng_state, restore_rng_state
+    from utils.checkpoint.format import capture_rng_state, restore_rng_state
+    from utils.core import distributed
 
     distributed.start(None)
     distributed.seed_ranks(3)
@@ -218,11 +218,11 @@ def fit_dropout(rank: int, world: int, port: int, folder: str, out: str) -> None
     join_as_rank(rank, world, port)
     from torch import nn
 
-    from utils import distributed
-    from utils.checkpoint import load_checkpoint
-    from utils.config import OptimConfig
-    from utils.run import RunDir
-    from utils.training import fit
+    from utils.checkpoint.load import load_checkpoint
+    from utils.config.schema import OptimConfig
+    from utils.core import distributed
+    from utils.core.rundir import RunDir
+    from utils.train.fit import fit
 
     device, train, test = rank_device_and_loaders(folder, test_batch_size=10)
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from utils.engine import TrainingDiverged, evaluate, train_one_epoch
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.train.engine import TrainingDiverged, evaluate, train_one_epoch
 
 CPU = torch.device("cpu")
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from models import get_model, list_models
 from pruning import prune_filters, prune_weights
-from utils.errors import UserError
-from utils.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_conv_weight_shapes
+from utils.checkpoint.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_conv_weight_shapes
+from utils.core.errors import UserError
 
 onnx = pytest.importorskip("onnx", reason="optional: pip install onnx onnxruntime (requirements-dev.txt)")
 ort = pytest.importorskip("onnxruntime", reason="optional: pip install onnx onnxruntime (requirements-dev.txt)")
@@ -185,7 +185,7 @@ def test_bad_input_size(bad, tmp_path) -> None:
 def test_trainer_exports_the_best_model_and_an_evaluated_checkpoint(tmp_path) -> None:
     from test_runner import DIGITS, TRAINER, run_script, succeeded, write_config
 
-    from utils.setup import load_toolkit_checkpoint
+    from utils.checkpoint.load import load_toolkit_checkpoint
 
     config = write_config(tmp_path / "t.json", name="t", seed=0, data=DIGITS, model={"arch": "resnet20"},
                           train={"epochs": 1, "lr": 0.05}, output={"dir": "runs"})

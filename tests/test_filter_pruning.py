@@ -42,9 +42,10 @@ from pruning import (
     prune_filters,
     pruned_shapes,
 )
-from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb
-from utils.errors import UserError
-from utils.setup import build_model_from_arch, load_toolkit_checkpoint
+from utils.checkpoint.format import make_checkpoint, model_size_kb
+from utils.checkpoint.load import build_model_from_arch, load_toolkit_checkpoint
+from utils.core.errors import UserError
+from utils.core.files import atomic_torch_save
 
 
 def _size(name: str) -> int:

@@ -41,7 +41,7 @@ from test_runner import (
 )
 from torch import nn
 
-from utils.setup import load_toolkit_checkpoint
+from utils.checkpoint.load import load_toolkit_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 VGG_JSON = REPO / "experiments" / "prune" / "cifar10_filter_prune_vgg16_bn.json"
@@ -59,7 +59,7 @@ IMAGENET_MEAN_STD = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]
 def save_checkpoint(path: Path, arch: str, *, seed: int = 0, **options: Any) -> Path:
     """A toolkit checkpoint of a freshly initialised (seeded) ``arch``."""
     from models import get_model
-    from utils.checkpoint import make_checkpoint
+    from utils.checkpoint.format import make_checkpoint
 
     torch.manual_seed(seed)
     options = {"num_classes": 10, **options}
@@ -115,7 +115,7 @@ def results(run: Run, name: str = "results.json") -> dict[str, Any]:
 
 
 def cifar_test_loader(root: Path) -> Any:
-    from utils.data import build_datasets, build_loaders, default_mean_std
+    from utils.data.datasets import build_datasets, build_loaders, default_mean_std
 
     mean, std = default_mean_std("cifar10")
     bundle = build_datasets("cifar10", str(root), mean=mean, std=std, train=False)
@@ -236,7 +236,7 @@ def test_filter_run_prints_and_saves_its_report(filter_run: Run) -> None:
 
 @pytest.mark.slow
 def test_filter_checkpoints_are_physically_smaller_and_load_back(filter_run: Run, work: Path) -> None:
-    from utils.engine import evaluate
+    from utils.train.engine import evaluate
 
     assert filter_run.path is not None
     assert {"pruned.pth", "last.pth", "best.pth", "config.json", "metrics.jsonl", "results.md",
@@ -448,7 +448,7 @@ def test_sensitivity_covers_every_block_first_conv(sensitivity_run: Run, work: P
 def test_sensitivity_point_equals_a_physically_pruned_model(sensitivity_run: Run, work: Path) -> None:
     """One point of the sweep, recomputed: prune the layer for real and evaluate."""
     from pruning import prune_filters
-    from utils.engine import evaluate
+    from utils.train.engine import evaluate
 
     res = results(sensitivity_run, "sensitivity.json")
     original = load_toolkit_checkpoint(work / "resnet20_b.pth").model

@@ -21,11 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bench.imagenet_pipeline import replicate_tree
-from utils import data
-from utils.data import BatchNormalize, build_datasets, build_loaders, default_mean_std, torchvision_io_problem
-from utils.errors import UserError
-from utils.sampling import SeededAugmentation
-from utils.tv import torchvision
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
+from utils.data import datasets as data
+from utils.data.datasets import BatchNormalize, build_datasets, build_loaders, default_mean_std, torchvision_io_problem
+from utils.data.sampling import SeededAugmentation
 
 T = torchvision.transforms
 MEAN, STD = default_mean_std("imagenet")

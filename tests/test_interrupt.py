@@ -3,7 +3,7 @@
 The end-to-end tests run the real scripts in subprocesses, read their step lines as they come and send the signal
 in the middle of an epoch; the pieced-together run must end with exactly the weights, optimizer state and metrics of
 the run that was never stopped (CPU, fixed seeds). The first stop uses 2 DataLoader workers where the reference run
-uses none: the batches are the same either way (:mod:`utils.sampling`), and the test shows it.
+uses none: the batches are the same either way (:mod:`utils.data.sampling`), and the test shows it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from test_data import write_cifar
 from test_runner import PRUNER, TRAINER, cifar, load, run_script, snapshot, succeeded, without_time, write_config
 
-from utils.cli import resume_command
-from utils.sampling import SeededAugmentation, SeededSampler
+from utils.app.cli import resume_command
+from utils.data.sampling import SeededAugmentation, SeededSampler
 
 STOP_TIMEOUT_S = 300  # a hang guard: every run here takes seconds
 
@@ -217,7 +217,8 @@ def test_kill_9_keeps_the_last_complete_checkpoint(work: Path, uninterrupted: Pa
 @pytest.mark.slow
 def test_stopped_fine_tuning_resumes_the_pruning_run(work: Path) -> None:
     from models import get_model
-    from utils.checkpoint import atomic_torch_save, make_checkpoint
+    from utils.checkpoint.format import make_checkpoint
+    from utils.core.files import atomic_torch_save
 
     weights = work / "trained.pth"
     if not weights.exists():

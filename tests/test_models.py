@@ -24,20 +24,17 @@ from models import (
     get_model,
     get_model_builder,
     list_models,
-    load_state_dict_strict,
-    load_weights_file,
     model_options,
-    read_checkpoint_file,
-    read_state_dict,
     register_model,
     resnet20,
     resnet56,
     vgg16_bn_cifar,
 )
-from models.tv import expected_weights_file
+from models.torchvision_models import expected_weights_file
 from tests.conftest import shared_path
-from utils.errors import UserError
-from utils.tv import torchvision
+from utils.checkpoint.load import load_state_dict_strict, load_weights_file, read_checkpoint_file, read_state_dict
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
 
 AKAMASTER_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # what akamaster trained with
 CHENYAOFO_NORM = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # what chenyaofo trained with

@@ -1,4 +1,4 @@
-"""Tests for :mod:`utils.plots`: real PNG files of the documented size, drawn in the colours promised.
+"""Tests for :mod:`utils.report.plots`: real PNG files of the documented size, drawn in the colours promised.
 
 Reading a plot back cannot say whether it is *good*; these tests pin what can be checked: the file is a
 complete PNG of the fixed canvas height, many series widen the figure for a multi-column legend instead
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image  # installed with matplotlib, which depends on it
 
-from utils.plots import DPI, FIGSIZE, plot_bars, plot_lines
+from utils.report.plots import DPI, FIGSIZE, plot_bars, plot_lines
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -126,11 +126,11 @@ def test_bars(tmp_path: Path) -> None:
 def test_import_is_lazy_and_plotting_never_touches_pyplot() -> None:
     code = (
         "import sys\n"
-        "import utils.plots\n"
-        "assert 'matplotlib' not in sys.modules, 'importing utils.plots imported matplotlib'\n"
+        "import utils.report.plots\n"
+        "assert 'matplotlib' not in sys.modules, 'importing utils.report.plots imported matplotlib'\n"
         "import tempfile, pathlib\n"
         "with tempfile.TemporaryDirectory() as d:\n"
-        "    utils.plots.plot_lines(pathlib.Path(d) / 'p.png', {'a': ([0, 1], [1, 0])}, title='t', xlabel='x',"
+        "    utils.report.plots.plot_lines(pathlib.Path(d) / 'p.png', {'a': ([0, 1], [1, 0])}, title='t', xlabel='x',"
         " ylabel='y')\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'plotting imported pyplot'\n"
     )

@@ -1,4 +1,4 @@
-"""Tests for :mod:`utils.profile`: costs checked against hand computations and the papers' figures.
+"""Tests for :mod:`utils.report.profile`: costs checked against hand computations and the papers' figures.
 
 MACs from FlopCounterMode are compared with an independent count (forward hooks over Conv2d/Linear with
 the textbook formulas) on every registered architecture and on physically pruned widths, so a change in
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-import utils.checkpoint
+import utils.checkpoint.format
 from models import get_model, list_models
-from utils.profile import (
+from utils.report.profile import (
     CPU_BATCH_SIZES,
     CUDA_BATCH_SIZES,
     count_macs,
@@ -79,7 +79,7 @@ def test_count_params_of_a_tiny_net() -> None:
 
 
 def test_model_size_is_the_checkpoint_helper() -> None:
-    assert model_size_kb is utils.checkpoint.model_size_kb  # reused, not a second implementation
+    assert model_size_kb is utils.checkpoint.format.model_size_kb  # reused, not a second implementation
     net = nn.Linear(256, 256)
     # float32 weights and bias, plus torch.save's zip framing (a few KB at most).
     payload_kb = (256 * 256 + 256) * 4 / 1024

@@ -32,10 +32,9 @@ from test_data import write_cifar
 from test_runner import PRUNER, cifar, load, run_script, snapshot, succeeded, write_config
 from torch import nn
 
-from utils.compress import load_compressed
-from utils.config import load_config
-from utils.errors import UserError
-from utils.setup import load_toolkit_checkpoint
+from utils.checkpoint.load import load_compressed, load_toolkit_checkpoint
+from utils.config.schema import load_config
+from utils.core.errors import UserError
 
 ATOL = 1e-4
 RETRAIN = {"epochs": 2, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
@@ -64,7 +63,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny CIFAR-10 (5 steps of 16 images per epoch, 20 test images) and an untrained, calibrated ResNet-20 (shortcut
     A and B) to prune."""
     from models import get_model
-    from utils.checkpoint import atomic_torch_save, make_checkpoint
+    from utils.checkpoint.format import make_checkpoint
+    from utils.core.files import atomic_torch_save
 
     folder = tmp_path_factory.mktemp("pruner_export")
     write_cifar(folder / "data", per_batch=16, n_test=20)
@@ -257,7 +257,7 @@ def test_retrained_rows_export_their_last_checkpoint(work: Path, schedule: str, 
 @pytest.mark.slow
 def test_filter_run_exports_its_smaller_model(work: Path) -> None:
     from models import get_model
-    from utils.export import onnx_conv_weight_shapes
+    from utils.checkpoint.export import onnx_conv_weight_shapes
 
     pytest.importorskip("onnx", reason="optional: pip install onnx onnxruntime (requirements-dev.txt)")
     prune = {"method": "filter", "layers": ["layer1", "layer2.residual"], "ratios": [0.5, 0.25], "latency": False}
@@ -315,14 +315,14 @@ def test_resume_of_a_finished_run_exports_it_without_retraining(work: Path) -> N
 
 
 def test_a_failing_export_keeps_the_runs_results(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.export
-    from utils.pruner import main
+    import utils.checkpoint.export
+    from utils.app.pruner_main import main
 
     def failing(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise UserError("ONNX export of ResNet: onnxruntime differs from PyTorch by 0.5 (> 0.0001); the file was not "
                         "written")
 
-    monkeypatch.setattr(utils.export, "export_onnx", failing)
+    monkeypatch.setattr(utils.checkpoint.export, "export_onnx", failing)
     config = experiment(work, "failing", prune={"method": "weight", "percent": [0.5, 0.9]})
     with pytest.raises(UserError) as caught:
         main(load_config(config), export=("compressed", "onnx"))
@@ -350,7 +350,7 @@ def test_export_with_sensitivity_is_one_error_line_before_any_work(work: Path) -
 
 
 def test_export_onnx_without_onnx_is_refused_before_any_work(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.pruner import main
+    from utils.app.pruner_main import main
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets when it is not installed
     config = experiment(work, "no_onnx", prune={"method": "weight", "percent": [0.5]})

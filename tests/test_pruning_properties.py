@@ -24,7 +24,7 @@ from torch import nn
 
 from pruning import analyse, filters_to_remove, prunable_layers, prune_filters
 from tests.test_filter_pruning import masked_equivalent
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

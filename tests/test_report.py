@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from test_runner import DIGITS, PRUNER, TRAINER, Run, run_script, succeeded, write_config
 
-from utils.cli import run_main
-from utils.errors import UserError
-from utils.report import _labels, comparison_table, config_rows, flatten, main, read_run, write_report
+from utils.app.cli import run_main
+from utils.core.errors import UserError
+from utils.report.compare import _labels, comparison_table, config_rows, flatten, main, read_run, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RATIOS = [0.5, 0.9]
@@ -234,7 +234,7 @@ def test_config_comparison_details() -> None:
 
 def read_run_like(config: dict[str, Any]) -> Any:
     """A training run with ``config`` and one epoch, not read from disk (for the table's config rows only)."""
-    from utils.report import Run as ReportRun
+    from utils.report.compare import Run as ReportRun
 
     record = {"epoch": 0, "test_top1": 50.0}
     return ReportRun(path=Path(config["name"]), kind="training", config=config, results=None, metrics=[record],

@@ -25,7 +25,7 @@ import torch
 from test_data import write_cifar
 from visdom_server import free_port, running_visdom_server
 
-from utils.setup import load_toolkit_checkpoint
+from utils.checkpoint.load import load_toolkit_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = REPO / "trainer_exp.py"
@@ -413,8 +413,8 @@ def test_sweep_table_is_printed_and_saved(sweep: Run) -> None:
 @pytest.mark.slow
 def test_pruned_checkpoints_load_back_with_masks_and_exactly_their_zeros(sweep: Run, baseline: Run,
                                                                           work: Path) -> None:
-    from utils.data import build_datasets, build_loaders, default_mean_std
-    from utils.engine import evaluate
+    from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+    from utils.train.engine import evaluate
 
     assert sweep.path is not None and baseline.path is not None
     results = json.loads((sweep.path / "results.json").read_text())

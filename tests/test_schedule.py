@@ -2,7 +2,7 @@
 
 * The maths of :mod:`pruning.schedule` against the formulas written out by hand.
 * Weight pruning: every round reaches exactly its scheduled sparsity, masks only grow (even when a kept weight is
-  exactly zero), and AGP through :func:`utils.training.fit` keeps every masked weight at zero after every step
+  exactly zero), and AGP through :func:`utils.train.fit.fit` keeps every masked weight at zero after every step
   and ends at the final sparsity with the momentum cleared where it prunes.
 * Filter pruning: zeroing channels with :func:`pruning.filter.filter_masks` computes exactly what removing them
   computes, for a residual group, a linear consumer and depthwise convs; gradual selections only grow.
@@ -43,10 +43,10 @@ from pruning.schedule import (
     sparsity_at,
 )
 from pruning.weight import prune_weights_further
-from utils.config import from_dict
-from utils.errors import UserError
-from utils.run import RunDir
-from utils.setup import load_toolkit_checkpoint
+from utils.checkpoint.load import load_toolkit_checkpoint
+from utils.config.schema import from_dict
+from utils.core.errors import UserError
+from utils.core.rundir import RunDir
 
 # ---------------------------------------------------------------------------------------------------- the maths
 
@@ -201,8 +201,8 @@ class Tiny(nn.Module):
 
 
 def test_agp_through_fit_holds_zeros_after_every_step_and_reaches_the_target(tmp_path: Path) -> None:
-    from utils.config import OptimConfig
-    from utils.training import fit
+    from utils.config.schema import OptimConfig
+    from utils.train.fit import fit
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(40, 3, 8, 8), torch.randint(0, 4, (40,)))
@@ -307,7 +307,8 @@ def test_gradual_filter_selection_keeps_what_it_masked() -> None:
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny CIFAR-10 (80 training images: 5 steps of 16 per epoch) and an untrained ResNet-20 to prune."""
     from models import get_model
-    from utils.checkpoint import atomic_torch_save, make_checkpoint
+    from utils.checkpoint.format import make_checkpoint
+    from utils.core.files import atomic_torch_save
 
     folder = tmp_path_factory.mktemp("schedule")
     write_cifar(folder / "data", per_batch=16, n_test=20)
@@ -517,7 +518,7 @@ def test_agp_without_a_pruning_step_is_refused_before_any_work(work: Path, tmp_p
 
 
 def test_resume_with_other_retrain_epochs_is_refused_for_schedules(tmp_path: Path) -> None:
-    from utils.pruner import open_run_to_resume
+    from utils.app.pruner_main import open_run_to_resume
 
     raw = {"name": "x", "model": {"arch": "resnet20", "checkpoint": "w.pth"}, "prune": WEIGHT_ITERATIVE,
            "retrain": RETRAIN}

@@ -11,7 +11,7 @@ from torch import nn
 from models import get_model
 from pruning import prune_filters
 from pruning.sensitivity import layer_sensitivity
-from utils.engine import evaluate
+from utils.train.engine import evaluate
 
 CASES = [
     ("resnet20", {"shortcut": "A"}, 32, ["conv2", "conv12", "conv18"]),

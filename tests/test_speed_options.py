@@ -17,10 +17,10 @@ from test_data import write_cifar
 from test_runner import EVAL_LINE, TRAINER, cifar, load, run_script, succeeded, write_config
 from torch import nn
 
-from utils.config import OptimConfig
-from utils.device_data import DeviceLoader
-from utils.run import RunDir
-from utils.training import fit
+from utils.config.schema import OptimConfig
+from utils.core.rundir import RunDir
+from utils.data.device import DeviceLoader
+from utils.train.fit import fit
 
 # torch.compile's CPU backend calls a deprecated torch.jit helper of its own.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

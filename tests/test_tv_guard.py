@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from utils import tv
+from utils.core import tvguard as tv
 
 REPO = Path(__file__).resolve().parents[1]
 
 _FRESH_SCRIPT = textwrap.dedent(
     """
     import torch
-    from utils.tv import torchvision
+    from utils.core.tvguard import torchvision
 
     model = torchvision.models.resnet18().eval()
     with torch.no_grad():

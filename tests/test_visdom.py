@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from visdom_server import VisdomServer, free_port, running_visdom_server
 
-from utils.visdom_logger import VisdomLogger
+from utils.report.visdom_logger import VisdomLogger
 
 # visdom's own client (used here to read windows back) calls the deprecated logger.warn().
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-LOGGER_NAME = "utils.visdom_logger"
+LOGGER_NAME = "utils.report.visdom_logger"
 # A hang guard, not a benchmark: a healthy failure path takes milliseconds (or one timeout_s).
 PROMPT_S = 10.0
 
@@ -219,7 +219,7 @@ def test_server_killed_mid_run_warns_once_then_calls_are_no_ops(
 def test_disabled_logger_never_imports_visdom() -> None:
     code = (
         "import sys\n"
-        "from utils.visdom_logger import VisdomLogger\n"
+        "from utils.report.visdom_logger import VisdomLogger\n"
         "logger = VisdomLogger(enabled=False, port=1)\n"
         "logger.log_epoch(1, {'train_loss': 1.0, 'lr': 0.1})\n"
         "logger.log_sweep([0.1], [90.0])\n"

@@ -31,7 +31,7 @@ from pruning import (
     register_method,
     sparsity_report,
 )
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 
 class SmallNet(nn.Module):

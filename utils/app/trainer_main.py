@@ -6,22 +6,17 @@ from pathlib import Path
 
 from torch import nn
 
-from utils import distributed
-from utils.checkpoint import model_size_kb, provenance
-from utils.config import ExperimentConfig
-from utils.engine import evaluate
-from utils.errors import UserError
-from utils.export import export_model
-from utils.run import RunDir
-from utils.setup import (
-    build_data,
-    build_model,
-    load_toolkit_checkpoint,
-    make_visdom,
-    seed_everything,
-    select_device,
-)
-from utils.training import fit, resume_point
+from utils.app.setup import build_data, build_model, make_visdom, seed_everything, select_device
+from utils.checkpoint.export import export_model
+from utils.checkpoint.format import model_size_kb
+from utils.checkpoint.load import load_toolkit_checkpoint
+from utils.config.schema import ExperimentConfig
+from utils.core import distributed
+from utils.core.errors import UserError
+from utils.core.provenance import provenance
+from utils.core.rundir import RunDir
+from utils.train.engine import evaluate
+from utils.train.fit import fit, resume_point
 
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,

@@ -8,10 +8,10 @@ be put in a report. Two choices follow from that:
   closed and picks a GUI backend when a display exists; a bare Figure needs neither a backend switch
   (which would change the backend of a notebook that imported this module) nor a ``close``: it is freed
   like any object, so a sweep that writes hundreds of plots leaks nothing.
-* matplotlib is imported inside the functions, so ``import utils.plots`` costs nothing for a run that
+* matplotlib is imported inside the functions, so ``import utils.report.plots`` costs nothing for a run that
   never plots (and works where matplotlib is not installed until a plot is asked for).
 
-Files are written atomically (:func:`utils.checkpoint.atomic_write_bytes`): a reader never sees half a PNG.
+Files are written atomically (:func:`utils.core.files.atomic_write_bytes`): a reader never sees half a PNG.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from utils.checkpoint import atomic_write_bytes
+from utils.core.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

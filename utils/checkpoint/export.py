@@ -17,7 +17,7 @@ Which exporter. torch 2.13 has two:
 Neither needs a network connection. ``onnxruntime`` is needed only for the check (``check=True``); without
 it the export still happens and the report says it was not checked. onnx, onnxruntime and onnxscript are
 optional dependencies (requirements-dev.txt installs them for the tests): a missing one is a
-:class:`~utils.errors.UserError` that names the ``pip install`` that fixes it.
+:class:`~utils.core.errors.UserError` that names the ``pip install`` that fixes it.
 
 The graph has one input ``input`` of shape ``(batch, C, H, W)`` with a dynamic batch dimension and one output
 ``logits`` of shape ``(batch, classes)``. The model is exported in eval mode (BatchNorm uses its running
@@ -40,9 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import atomic_write_bytes
-from utils.cli import EXPORT_FORMATS
-from utils.errors import UserError
+from utils.checkpoint.compress import save_compressed
+from utils.core.choices import EXPORT_FORMATS
+from utils.core.errors import UserError
+from utils.core.files import atomic_write_bytes
 
 __all__ = ["CHECK_BATCHES", "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "INPUT_NAME", "OUTPUT_NAME",
            "export_model", "export_onnx", "onnx_conv_weight_shapes"]
@@ -216,8 +217,6 @@ def export_model(model: nn.Module, checkpoint: dict[str, Any], folder: str | Pat
     ``<stem>.sparse.pth`` (non-zero values plus a bitmask or zero-run indices per tensor; ``compressed-fp16``
     stores the values in half precision) and ``<stem>.onnx``. Returns each format's report and prints a line each.
     """
-    from utils.compress import save_compressed
-
     folder = Path(folder)
     reports: dict[str, dict[str, Any]] = {}
     for fmt in dict.fromkeys(formats):

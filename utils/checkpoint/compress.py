@@ -32,7 +32,7 @@ its precision rather than turning into infinities. Without ``fp16`` the round tr
 Everything is tensors, dicts, lists, strings, ints and bools, so files load with ``torch.load(weights_only=True)``.
 
 A compressed *checkpoint* (:func:`save_compressed`) is an ordinary checkpoint of this tool (see
-:mod:`utils.checkpoint`) whose ``state_dict`` and ``masks`` are compressed and which has a ``compressed``
+:mod:`utils.checkpoint.format`) whose ``state_dict`` and ``masks`` are compressed and which has a ``compressed``
 key; :func:`expand_checkpoint` turns it back into an ordinary one. A mask that is exactly the non-zero
 pattern of its (decompressed) weight, as after pruning, is stored as a reference to that weight: no bytes.
 By default the optimizer, scheduler and RNG states are left out: a compressed checkpoint is for keeping,
@@ -49,8 +49,9 @@ from typing import Any
 
 import torch
 
-from utils.checkpoint import atomic_write_bytes, check_checkpoint, checkpoint_bytes, is_toolkit_checkpoint
-from utils.errors import UserError
+from utils.checkpoint.format import is_toolkit_checkpoint
+from utils.core.errors import UserError
+from utils.core.files import atomic_write_bytes, checkpoint_bytes
 
 __all__ = ["ENCODINGS", "SPARSE_FORMAT", "SPARSE_VERSION", "compress_checkpoint", "compress_state_dict",
            "compression_report", "decompress_state_dict", "encoded_sizes", "expand_checkpoint",
@@ -379,7 +380,7 @@ def _expand_masks(obj: Any, state_dict: Mapping[str, torch.Tensor], where: str) 
 
 def compress_checkpoint(checkpoint: Mapping[str, Any], *, fp16: bool = False,
                         keep_training_state: bool = False) -> dict[str, Any]:
-    """The checkpoint dict (:func:`utils.checkpoint.make_checkpoint`) with ``state_dict`` and ``masks`` compressed
+    """The checkpoint dict (:func:`utils.checkpoint.format.make_checkpoint`) with ``state_dict`` and ``masks`` compressed
     and ``compressed = {"version", "fp16", "training_state"}`` added; without ``keep_training_state`` the
     optimizer, scheduler and RNG states become None (see the module docstring)."""
     if not is_toolkit_checkpoint(checkpoint):
@@ -405,7 +406,7 @@ def expand_checkpoint(obj: Mapping[str, Any], *, source: str | Path = "checkpoin
     """An ordinary checkpoint dict from a compressed one (anything else is returned unchanged, as a dict).
 
     The state dict and masks come back as plain tensors and the ``compressed`` key is gone, so the result loads
-    like any checkpoint (:func:`utils.setup.load_toolkit_checkpoint` with ``ckpt=``). What it was is kept as
+    like any checkpoint (:func:`utils.checkpoint.load.load_toolkit_checkpoint` with ``ckpt=``). What it was is kept as
     ``expanded_from = {"version", "fp16", "training_state"}``: with ``training_state`` False the optimizer, scheduler
     and RNG states are None, so ``--resume`` should refuse it. ``source`` names the file in errors.
     """
@@ -437,9 +438,3 @@ def save_compressed(path: str | Path, checkpoint: Mapping[str, Any], *, fp16: bo
     return report
 
 
-def load_compressed(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint of this tool, compressed or not, as an ordinary checkpoint dict (errors: UserError)."""
-    from models.loading import read_checkpoint_file
-
-    obj = check_checkpoint(read_checkpoint_file(path), path)
-    return expand_checkpoint(obj, source=path)

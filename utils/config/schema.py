@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 _MISSING = dataclasses.MISSING
 
@@ -494,7 +494,7 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _REFERENCE_START, _REFERENCE_END = "<!-- config-reference:start", "<!-- config-reference:end -->"
 
 
@@ -505,11 +505,3 @@ def readme_with_reference(text: str) -> str:
     end = text.index(_REFERENCE_END)
     return text[:start] + reference_markdown() + "\n" + text[end:]
 
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["--update-readme"]:
-        README.write_text(readme_with_reference(README.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        print(reference_markdown())

@@ -30,24 +30,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import atomic_torch_save, make_checkpoint, model_size_kb, provenance
-from utils.cli import EXPORT_FORMATS
-from utils.config import ExperimentConfig, OptimConfig, from_dict
-from utils.engine import evaluate
-from utils.errors import UserError
-from utils.interrupt import RunInterrupted
-from utils.run import RunDir
-from utils.setup import (
-    Data,
-    LoadedModel,
-    build_data,
-    build_model,
-    load_toolkit_checkpoint,
-    make_visdom,
-    seed_everything,
-    select_device,
+from pruning import (
+    FilterPruneResult,
+    analyse,
+    apply_masks,
+    compute_masks,
+    format_sweep_table,
+    prunable_layers,
+    prunable_weights,
+    prune_filters,
+    prune_weights,
+    sparsity_report,
 )
-from utils.training import FitResult, StepHook, fit, resume_point
+from pruning.filter import filter_masks, masked_filters, plan_filters, remove_filters, select_filters
+from pruning.schedule import agp_plan, epochs_per_round, round_ratios, scheduled_count
+from pruning.sensitivity import layer_sensitivity
+from pruning.weight import prune_weights_further
+from utils.app.setup import Data, build_data, build_model, make_visdom, seed_everything, select_device
+from utils.checkpoint.export import export_model
+from utils.checkpoint.format import make_checkpoint, model_size_kb
+from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
+from utils.config.schema import ExperimentConfig, OptimConfig, from_dict
+from utils.core import distributed
+from utils.core.choices import EXPORT_FORMATS
+from utils.core.errors import UserError
+from utils.core.files import atomic_torch_save
+from utils.core.provenance import provenance
+from utils.core.rundir import RunDir
+from utils.report.plots import plot_lines
+from utils.report.profile import compare_latency, profile_model, reduction
+from utils.train.engine import evaluate
+from utils.train.fit import FitResult, StepHook, fit, resume_point
+from utils.train.interrupt import RunInterrupted
 
 
 @dataclass
@@ -210,8 +224,6 @@ def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tens
     pruned copy and its outcome are returned for the run to use, so the pruning is done once; for a sensitivity
     spec, the layers that can be pruned alone.
     """
-    from pruning import prunable_layers, prune_filters
-
     p = cfg.prune
     if p.method == "filter":
         pruned = copy.deepcopy(model)
@@ -259,12 +271,8 @@ def export_final(s: Session, checkpoint: str | Path) -> dict[str, Any]:
     {"path", "file_bytes", "dense_file_bytes" (the same checkpoint written by torch.save without the optimizer and
     RNG state, which the compressed file leaves out too), "percent_of_dense", "encodings" (tensors per encoding),
     "layers" ({weight: encoding} of the prunable weights, read back from the file)}, "onnx": the report of
-    :func:`utils.export.export_onnx`}``. Under torchrun rank 0 alone exports (it alone writes files).
+    :func:`utils.checkpoint.export.export_onnx`}``. Under torchrun rank 0 alone exports (it alone writes files).
     """
-    from pruning import prunable_weights
-    from utils import distributed
-    from utils.export import export_model
-
     path = Path(checkpoint)
     record: dict[str, Any] = {"checkpoint": str(path)}
     if not distributed.is_main():
@@ -393,8 +401,6 @@ def format_layer_sweep_table(rows: list[dict[str, Any]]) -> str:
 
 @register_runner("weight")
 def run_weight_sweep(s: Session) -> None:
-    from pruning import sparsity_report
-
     cfg, original = s.cfg, s.loaded.model
     base = s.evaluate(original, "baseline")
     baseline = {"top1": base["top1"], "top5": base["top5"], "loss": base["loss"],
@@ -425,8 +431,6 @@ def run_weight_sweep(s: Session) -> None:
 
 def _write_weight_results(s: Session, baseline: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str]:
     """Write ``results.md`` and ``results.json`` of a sweep; return the sweep table and the text to print."""
-    from pruning import format_sweep_table
-
     cfg, schedule = s.cfg, s.cfg.prune.schedule
     table = format_sweep_table(baseline["top1"], rows)
     if schedule != "one_shot":  # the earlier rounds / steps were retrained: the first row is not "without" it
@@ -453,8 +457,6 @@ def _weight_final_checkpoint(s: Session, row: dict[str, Any]) -> Path:
 
 def _weight_one_shot(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
     """Prune once to ``percent``, evaluate, save ``p<ratio>/pruned.pth``, retrain ``retrain.epochs``."""
-    from pruning import prune_weights, sparsity_report
-
     cfg = s.cfg
     outcome = prune_weights(model, percent=percent, scope=cfg.prune.scope)
     stats = s.evaluate(model, f"pruned {percent:g}")
@@ -477,8 +479,6 @@ def _weight_one_shot(s: Session, model: nn.Module, percent: float) -> dict[str, 
 
 
 def _add_finetuned(row: dict[str, Any], result: FitResult, model: nn.Module) -> None:
-    from pruning import sparsity_report
-
     row.update(top1_finetuned=result.last["top1"], top5_finetuned=result.last["top5"],
                best_top1_finetuned=result.best_top1, average_top1_finetuned=result.average_top1,
                sparsity_finetuned=_summary(sparsity_report(model)))
@@ -493,10 +493,6 @@ def _weight_iterative(s: Session, model: nn.Module, percent: float) -> dict[str,
     from the weights the round before ended with (its ``last.pth``; deterministic), and retraining goes on from the
     round's own ``last.pth`` when there is one, so a complete round is not retrained.
     """
-    from pruning import prune_weights, sparsity_report
-    from pruning.schedule import epochs_per_round, round_ratios
-    from pruning.weight import prune_weights_further
-
     cfg, p = s.cfg, s.cfg.prune
     per_round = epochs_per_round(cfg.retrain.epochs, p.rounds)
     optim = dataclasses.replace(cfg.retrain, epochs=per_round)
@@ -543,9 +539,6 @@ def _weight_agp(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
     epochs that end at the final sparsity. Resuming goes on from ``last.pth``: its masks are the current ones and
     the ramp is a function of the step, so the pruning steps still to come are those of the uninterrupted run.
     """
-    from pruning import compute_masks
-    from pruning.weight import prune_weights_further
-
     cfg, p = s.cfg, s.cfg.prune
     folder = f"p{percent:g}"
     plan = _agp_plan(cfg, s.data, percent)
@@ -593,15 +586,11 @@ WEIGHT_SCHEDULES: dict[str, Callable[[Session, nn.Module, float], dict[str, Any]
 
 def _load_reached(path: Any, arch: str) -> dict[str, Any]:
     """The metrics and sparsity of the model an AGP run saved at its last pruning step."""
-    from pruning import sparsity_report
-
     loaded = load_toolkit_checkpoint(path, expect_arch=arch)
     return {"metrics": loaded.checkpoint["metrics"], "sparsity": sparsity_report(loaded.model)}
 
 
 def _agp_plan(cfg: ExperimentConfig, data: Data, final: float) -> Any:
-    from pruning.schedule import agp_plan
-
     return agp_plan(final, epochs=cfg.retrain.epochs, steps_per_epoch=len(data.train_loader),
                     frequency=cfg.prune.frequency, end=cfg.prune.agp_end)
 
@@ -733,9 +722,6 @@ def _filter_iterative(s: Session) -> FilterDone:
     the run directory itself, as a one-shot run. Resuming: as for weight pruning, each round prunes again from
     the weights the round before ended with and retraining goes on from the round's ``last.pth``.
     """
-    from pruning import FilterPruneResult, prune_filters
-    from pruning.schedule import epochs_per_round, scheduled_count
-
     cfg, p = s.cfg, s.cfg.prune
     _, one_shot = s.prepared  # the spec resolved and checked: which layers, how many filters in the end
     final_counts = {layer: old - new for layer, (old, new) in one_shot.widths.items()}
@@ -788,10 +774,6 @@ def _filter_agp(s: Session) -> FilterDone:
     state (resumable, evaluable); ``pruned.pth`` is the model at the last pruning step with the filters removed;
     ``final.pth`` the retrained model with the filters removed, the one the report measures.
     """
-    from pruning import apply_masks
-    from pruning.filter import filter_masks, masked_filters, plan_filters, remove_filters, select_filters
-    from pruning.schedule import scheduled_count
-
     cfg = s.cfg
     model = copy.deepcopy(s.loaded.model)
     plan = plan_filters(model, **_filter_options(cfg), example_input=_example_input(s.data.input_size, s.device))
@@ -873,8 +855,6 @@ def format_filter_rounds(rounds: list[dict[str, Any]]) -> str:
 
 @register_runner("filter")
 def run_filter(s: Session) -> None:
-    from utils.profile import compare_latency, profile_model, reduction
-
     cfg, original = s.cfg, s.loaded.model  # the unpruned model stays, for timing both side by side at the end
     base = s.evaluate(original, "before")
     print(f"Before: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}, Loss {base['loss']:.4f}")
@@ -926,10 +906,6 @@ def run_filter(s: Session) -> None:
 
 @register_runner("sensitivity")
 def run_sensitivity(s: Session) -> None:
-    from pruning import analyse
-    from pruning.sensitivity import layer_sensitivity
-    from utils.plots import plot_lines
-
     cfg, original = s.cfg, s.loaded.model
     p = cfg.prune
     base = s.evaluate(original, "baseline")

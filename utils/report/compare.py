@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint import atomic_write_bytes
-from utils.errors import UserError
+from utils.core.errors import UserError
+from utils.core.files import atomic_write_bytes
 
 __all__ = ["KINDS", "Run", "comparison_table", "get_args_parser", "main", "read_run", "read_runs", "write_plots",
            "write_report"]
@@ -300,7 +300,7 @@ def _file_label(label: str) -> str:
 
 def write_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     """Write every plot the runs have data for into ``out`` (see the module docstring); return their paths."""
-    from utils.plots import plot_bars, plot_lines
+    from utils.report.plots import plot_bars, plot_lines
 
     written: list[Path] = []
     weight = [run for run in runs if run.kind == "weight"]
@@ -401,8 +401,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            if result["plots"] else ""))
     return 0
 
-
-if __name__ == "__main__":
-    from utils.cli import run_main
-
-    run_main(main)

@@ -11,7 +11,7 @@ into one process group (NCCL on GPUs, gloo on CPUs), and everything else follows
   is printed, so every rank reports the whole run's numbers. A stop (Ctrl-C, SIGTERM) or a NaN on any rank stops all
   of them at the same step (:func:`vote_max`): a rank that stopped alone would leave the others waiting forever.
 * **Rank 0 alone writes.** Checkpoints, metrics, results, exports and visdom: :func:`is_main` guards the one function
-  every file goes through (:func:`utils.checkpoint.atomic_write_bytes`) and the metrics log; the other ranks print
+  every file goes through (:func:`utils.core.files.atomic_write_bytes`) and the metrics log; the other ranks print
   nothing (``stdout`` is closed for them; errors still reach ``stderr``).
 
 BatchNorm normalises each rank's share of the batch unless ``train.sync_bn`` (:func:`sync_batchnorm`). Each rank
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 _CONTROL: Any = None  # a gloo group for the per-step stop vote: no device synchronisation, even with NCCL
 

@@ -2,7 +2,7 @@
 
 Every builder returns a :class:`DataBundle` so callers (trainer, pruner, sensitivity sweeps) never branch on the
 dataset name. Everything a user can get wrong here (a missing folder, an empty class, a truncated CIFAR batch, no
-internet for a download) becomes a one-line :class:`~utils.errors.UserError` that shows the expected layout and the
+internet for a download) becomes a one-line :class:`~utils.core.errors.UserError` that shows the expected layout and the
 config key to change (``data.root``, ``data.download``, ``data.image_size``).
 """
 
@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
 
-from utils.distributed import shard_bounds
-from utils.errors import UserError
-from utils.sampling import SeededAugmentation, SeededSampler
-from utils.tv import torchvision
+from utils.core.distributed import shard_bounds
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
+from utils.data.sampling import SeededAugmentation, SeededSampler
 
 T = torchvision.transforms
 _ImageFolder = torchvision.datasets.ImageFolder
@@ -795,10 +795,10 @@ def build_loaders(
     """Train loader (shuffled, None if ``bundle.train`` is None) and test loader (in dataset order).
 
     ``rank`` of ``world`` (torchrun): ``batch_size`` is the global batch, of which this rank loads its share of every
-    step (:class:`~utils.sampling.SeededSampler`), and its test loader holds a contiguous part of the test set.
+    step (:class:`~utils.data.sampling.SeededSampler`), and its test loader holds a contiguous part of the test set.
 
     Reproducibility: the training order and every sample's augmentation come from ``(seed, epoch)`` alone
-    (:mod:`utils.sampling`; call ``train_loader.sampler.set_epoch(epoch)`` before each epoch), the same with any
+    (:mod:`utils.data.sampling`; call ``train_loader.sampler.set_epoch(epoch)`` before each epoch), the same with any
     number of workers. The loaders have their own generators because every DataLoader iterator draws a base seed;
     without one, each pass would advance the global RNG and change the dropout of the training that follows it.
 

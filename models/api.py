@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from utils.errors import UserError
+from utils.core.errors import UserError
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 

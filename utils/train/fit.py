@@ -17,19 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils import distributed
-from utils.checkpoint import (
-    atomic_write_bytes,
-    capture_rng_state,
-    checkpoint_bytes,
-    make_checkpoint,
-    restore_rng_state,
-)
-from utils.config import OptimConfig
-from utils.engine import Meter, evaluate, train_one_epoch
-from utils.interrupt import GracefulStop, RunInterrupted
-from utils.run import RunDir
-from utils.sampling import epoch_seed
+from pruning.masks import MaskKeeper
+from utils.checkpoint.format import capture_rng_state, make_checkpoint, restore_rng_state
+from utils.config.schema import OptimConfig
+from utils.core import distributed
+from utils.core.files import atomic_write_bytes, checkpoint_bytes
+from utils.core.metrics import Meter
+from utils.core.rundir import RunDir
+from utils.data.sampling import epoch_seed
+from utils.train.engine import evaluate, train_one_epoch
+from utils.train.interrupt import GracefulStop, RunInterrupted
 
 PLOTTED = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")  # per-epoch visdom lines
 AVERAGE_OVER_LAST = 5  # epochs whose test top-1 is averaged in the closing summary, as the seed reported
@@ -99,7 +96,7 @@ def resume_point(path: Any, checkpoint: dict[str, Any]) -> str:
 
 
 def start_epoch_order(loader: Any, seed: int, epoch: int, start_step: int = 0) -> None:
-    """Set the batches of ``epoch`` from (seed, epoch) alone (see :mod:`utils.sampling`), skipping the first
+    """Set the batches of ``epoch`` from (seed, epoch) alone (see :mod:`utils.data.sampling`), skipping the first
     ``start_step`` batches when a run resumes inside the epoch, so a resumed run draws exactly the batches the
     uninterrupted run would have."""
     sampler = getattr(loader, "sampler", None)
@@ -159,11 +156,11 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
 
     Speed (``optim``'s ``amp``, ``channels_last``, ``compile``): the weights are converted to channels-last in place;
     the training steps run through ``torch.compile`` of the model; evaluation and checkpoints use ``model`` itself.
-    Under torchrun (:mod:`utils.distributed`) the steps go through DistributedDataParallel, with ``sync_bn`` over
+    Under torchrun (:mod:`utils.core.distributed`) the steps go through DistributedDataParallel, with ``sync_bn`` over
     the global batch; only rank 0 writes.
 
     The first SIGINT/SIGTERM stops training after the current step: ``last.pth`` then holds the run in the middle of
-    its epoch (step, running sums, RNG) and :class:`~utils.interrupt.RunInterrupted` is raised. Resuming from it
+    its epoch (step, running sums, RNG) and :class:`~utils.train.interrupt.RunInterrupted` is raised. Resuming from it
     ends with the same weights as a run never stopped.
     """
     metrics_run = metrics_run or run
@@ -174,8 +171,6 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
     autocast, scaler = amp_settings(optim.amp, device)
     keeper = None
     if masks:
-        from pruning.masks import MaskKeeper
-
         keeper = MaskKeeper(model, masks)
         keeper.attach(optimizer)
     start_epoch, best_top1, history, progress = 0, float("-inf"), [], None
@@ -214,8 +209,6 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
                 return
             masks = dict(new)
             if keeper is None:
-                from pruning.masks import MaskKeeper
-
                 keeper = MaskKeeper(model, masks).attach(optimizer)
             else:
                 keeper.update(masks)

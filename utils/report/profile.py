@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.checkpoint import model_size_kb
+from utils.checkpoint.format import model_size_kb
 
 __all__ = [
     "SETTINGS_KEYS",

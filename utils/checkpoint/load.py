@@ -1,4 +1,6 @@
-"""Read weight files and load them with strict keys, turning every failure into one clear line.
+"""The one place that reads a checkpoint: plain weight files, this tool's checkpoints and compressed ones.
+
+Every file is loaded with strict keys, and every failure turns into one clear line.
 
 A checkpoint that loads with ``strict=False`` into the wrong architecture silently evaluates a
 half-random network, and the resulting accuracy looks like a pruning result. So loading here is
@@ -17,13 +19,19 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from utils.errors import UserError
+from models import get_model, model_options
+from pruning.masks import validate_masks
+from pruning.surgery import apply_shapes
+from utils.checkpoint.compress import expand_checkpoint, is_compressed_checkpoint
+from utils.checkpoint.format import FORMAT_VERSION, is_toolkit_checkpoint
+from utils.core.errors import UserError
 
 # Wrapper keys under which training scripts store the state dict, tried in this order.
 _WRAPPER_KEYS = ("state_dict", "model")
@@ -200,3 +208,75 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Read ``path`` and load it into ``model`` with strict keys (see :func:`load_state_dict_strict`)."""
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by this tool, with clear errors for missing, corrupt or foreign files."""
+    return check_checkpoint(read_checkpoint_file(path), path)
+
+
+def check_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
+    """``obj`` if it is a checkpoint of this tool in a format version this code reads, else a UserError."""
+    if not is_toolkit_checkpoint(obj):
+        raise UserError(f"{path}: not a checkpoint written by this tool (no 'format' key); to start from plain "
+                        "weights use model.checkpoint in the experiment file instead of --resume")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format version {version} is not supported by this version of the tool "
+                        f"(it reads version {FORMAT_VERSION}); use the tool version that wrote it "
+                        f"(git commit {obj.get('provenance', {}).get('git_commit', 'unknown')})")
+    return expand_checkpoint(obj, source=path) if is_compressed_checkpoint(obj) else obj
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    arch: dict[str, Any]  # {"name": ..., "options": {...}}: enough to rebuild the model
+    masks: dict[str, torch.Tensor] | None
+    checkpoint: dict[str, Any] | None  # the tool's own checkpoint it came from, if any
+
+
+def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
+    """Build the model ``arch`` describes: registry name and options, then, for a physically pruned model,
+    the per-module sizes in ``arch["shapes"]`` (see :func:`pruning.surgery.pruned_shapes`)."""
+    model = get_model(arch["name"], **arch["options"])
+    if arch.get("shapes"):
+        apply_shapes(model, arch["shapes"])
+    return model
+
+
+def _outputs(arch: dict[str, Any]) -> int:
+    """How many classes a model of ``arch`` predicts (its builder's default when the options do not say)."""
+    return int(arch["options"].get("num_classes", model_options(arch["name"])["num_classes"]))
+
+
+def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
+                            ckpt: dict[str, Any] | None = None, key: str = "--resume",
+                            num_classes: int | None = None) -> LoadedModel:
+    """Rebuild a model from a checkpoint of this tool: architecture (pruned widths included), weights, masks.
+
+    ``key`` names where the path came from in messages about an unreadable file (``--resume`` when ``ckpt`` is not
+    given: :func:`build_model` reads ``model.checkpoint`` itself and passes what it found). With ``num_classes``
+    (the dataset's), a model that predicts fewer classes is an error here rather than an IndexError in the loss.
+    """
+    ckpt = check_checkpoint(read_checkpoint_file(path, key=key) if ckpt is None else ckpt, path)
+    arch = ckpt["arch"]
+    if expect_arch is not None and arch["name"] != expect_arch:
+        raise UserError(f"{path}: the checkpoint holds a {arch['name']} but model.arch is {expect_arch!r}; set "
+                        f"model.arch to {arch['name']!r} or pick another checkpoint")
+    if num_classes is not None and _outputs(arch) < num_classes:
+        raise UserError(f"{path}: the checkpoint's {arch['name']} predicts {_outputs(arch)} classes but the dataset "
+                        f"has {num_classes}; pick a checkpoint trained on this dataset, or check data.name and "
+                        "data.root")
+    model = build_model_from_arch(arch)
+    load_state_dict_strict(model, ckpt["state_dict"], source=str(path))
+    masks = ckpt.get("masks") or None
+    if masks:
+        validate_masks(model, masks)
+    return LoadedModel(model=model, arch=arch, masks=masks, checkpoint=ckpt)
+
+
+def load_compressed(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint of this tool, compressed or not, as an ordinary checkpoint dict (errors: UserError)."""
+    obj = check_checkpoint(read_checkpoint_file(path), path)
+    return expand_checkpoint(obj, source=path)

@@ -1,6 +1,6 @@
 """What both entry scripts share: the common arguments and the error boundary.
 
-A :class:`~utils.errors.UserError` anywhere below ``main`` becomes one line on stderr and exit status 2. A run
+A :class:`~utils.core.errors.UserError` anywhere below ``main`` becomes one line on stderr and exit status 2. A run
 stopped by Ctrl-C or SIGTERM during training saves itself and prints the command that resumes it (exit 130 / 143);
 elsewhere they stop without a traceback. Anything else is a bug and keeps its traceback.
 """
@@ -13,10 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.errors import UserError
-from utils.interrupt import RunInterrupted, Terminated, terminate_as_interrupt
-
-EXPORT_FORMATS = ("compressed", "compressed-fp16", "onnx")  # --export: written by utils.export.export_model
+from utils.core.choices import EXPORT_FORMATS
+from utils.core.errors import UserError
+from utils.train.interrupt import RunInterrupted, Terminated, terminate_as_interrupt
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as exc:
-        from utils import distributed
+        from utils.core import distributed
 
         if distributed.is_main():  # every rank stopped at the same step; one says so
             print(f"{exc}\nresume with: {resume_command(sys.argv, exc.resume)}", file=sys.stderr)
@@ -64,7 +63,7 @@ def resume_command(argv: list[str], resume: Path) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             args.append(arg)
-    from utils import distributed
+    from utils.core import distributed
 
     launcher, launch = ["python"], distributed.launched()
     if launch is not None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from utils import distributed
-from utils.checkpoint import atomic_write_bytes
-from utils.errors import UserError
+from utils.core import distributed
+from utils.core.errors import UserError
+from utils.core.files import atomic_write_bytes
 
 
 def _json_default(obj: Any) -> Any:

@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from models.registry import register_model
-from utils.errors import UserError
-from utils.tv import torchvision
+from models.api import register_model
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
 
 IMAGENET_CLASSES = 1000
 

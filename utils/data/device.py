@@ -6,24 +6,24 @@ model. Here a split is copied to the device once (CIFAR-10's 50,000 training ima
 is one gather that crops and flips every image at once, then the conversion to float and the normalisation: no
 workers, no per-step copies, no Python loop over images.
 
-The semantics are those of the torchvision path (:mod:`utils.data`), checked by ``tests/test_device_data.py``:
+The semantics are those of the torchvision path (:mod:`utils.data.datasets`), checked by ``tests/test_device_data.py``:
 
 * augmentation: ``RandomCrop(size, padding=p)`` (zero padding, offsets ``i, j`` uniform in ``0..2p`` independently per
   image) then ``RandomHorizontalFlip(prob)``, then ``ToTensor`` and ``Normalize`` with the same float operations, so an
   image with a given offset and flip is bit for bit the tensor torchvision makes; the test split is not augmented and
   equals torchvision's test tensors exactly;
-* order: each epoch visits every image once, in the permutation :class:`utils.sampling.SeededSampler` draws for
+* order: each epoch visits every image once, in the permutation :class:`utils.data.sampling.SeededSampler` draws for
   ``(seed, epoch)``, so both paths put the same images in the same batches; ``drop_last=False`` (a last, smaller
   batch). Only the crop offsets and flips differ from the DataLoader path's draws: that path seeds each image
   separately, which cannot be vectorised; here they come from the same per-epoch generator, after the permutation;
-* reproducibility (the contract of :mod:`utils.sampling`): the batches of an epoch depend on ``(seed, epoch)`` alone;
+* reproducibility (the contract of :mod:`utils.data.sampling`): the batches of an epoch depend on ``(seed, epoch)`` alone;
   ``loader.sampler.set_epoch(epoch, start)`` makes the next pass start at position ``start`` (a run resumed inside an
   epoch) without drawing anything differently, and nothing touches the global RNG (dropout stays the training
   loop's). The draws are made on the CPU, so the batches are the same on every device; one copy of the epoch's
   order and draws (``N`` indices, ``2N`` offsets, ``N`` flags) goes to the device per epoch, nothing per step.
 
-``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.DataBundle` that
-:func:`utils.data.build_datasets` returns (so file checks, downloads and error messages stay in one place), reading
+``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.datasets.DataBundle` that
+:func:`utils.data.datasets.build_datasets` returns (so file checks, downloads and error messages stay in one place), reading
 the crop padding, flip probability, mean and std from the bundle's own transforms: it refuses a pipeline it cannot
 reproduce (ImageNet-style ``RandomResizedCrop``, the digits' float images) instead of training on something else.
 """
@@ -38,9 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.errors import UserError
-from utils.sampling import epoch_seed, rank_positions, rank_share
-from utils.tv import torchvision
+from utils.core.distributed import shard_bounds
+from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
+from utils.data.datasets import build_datasets, default_mean_std
+from utils.data.sampling import epoch_seed, rank_positions, rank_share
 
 T = torchvision.transforms
 
@@ -84,8 +86,8 @@ class EpochDraws:
 class EpochOrder:
     """The ``sampler`` of a :class:`DeviceLoader`: ``set_epoch(epoch, start)`` chooses what the next pass yields.
 
-    With ``shuffle`` the order is the permutation :class:`utils.sampling.SeededSampler` draws for ``(seed, epoch)``
-    (the same generator, seeded with :func:`utils.sampling.epoch_seed`, and ``randperm`` as its first draw); the crop
+    With ``shuffle`` the order is the permutation :class:`utils.data.sampling.SeededSampler` draws for ``(seed, epoch)``
+    (the same generator, seeded with :func:`utils.data.sampling.epoch_seed`, and ``randperm`` as its first draw); the crop
     offsets, then the flips, are drawn after it from the same generator, for every position of the epoch. Everything
     is drawn whole, then cut at ``start``, so a resumed pass yields exactly the suffix of the uninterrupted one.
     ``start`` applies to the next pass only, as in ``SeededSampler``.
@@ -155,7 +157,7 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 class DeviceLoader:
     """Batches ``(images, labels)`` made on ``device`` from uint8 images held there; a drop-in for the DataLoaders
-    of :func:`utils.data.build_loaders` (see the module docstring for what is the same and what differs).
+    of :func:`utils.data.datasets.build_loaders` (see the module docstring for what is the same and what differs).
 
     ``images``: uint8 (N, C, H, W), tensor or array; ``labels``: (N,) integers. ``train=True`` shuffles per epoch and
     augments with ``augmentation`` (``None``: shuffle only); ``train=False`` yields the images in order, as they are.
@@ -196,10 +198,8 @@ class DeviceLoader:
     def from_cifar_root(cls, root: str, *, train: bool, batch_size: int, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, **kwargs: Any) -> DeviceLoader:
         """The training (``train``) or test split of ``<root>/cifar-10-batches-py``, read and checked by
-        :mod:`utils.data` (a missing or damaged file is the same one-line UserError), normalised with ``mean``/``std``
+        :mod:`utils.data.datasets` (a missing or damaged file is the same one-line UserError), normalised with ``mean``/``std``
         (default: CIFAR-10's). ``kwargs``: ``seed``, ``device``, ``augmentation``, ``channels_last``."""
-        from utils.data import build_datasets, default_mean_std
-
         default_mean, default_std = default_mean_std("cifar10")
         mean, std = mean or default_mean, std or default_std
         bundle = build_datasets("cifar10", root, mean=mean, std=std, train=train)
@@ -224,7 +224,7 @@ class DeviceLoader:
                 yield self._finish(self.images[k:k + self.batch_size]), self.labels[k:k + self.batch_size]
             return
         order, offsets, flips, step = draws.order, draws.offsets, draws.flips, self.batch_size
-        if self.world > 1:  # this rank's share of every step (utils.distributed)
+        if self.world > 1:  # this rank's share of every step (utils.core.distributed)
             mine = rank_positions(len(order), self.batch_size, self.rank, self.world)
             order = order[mine]
             offsets = offsets[mine] if offsets is not None else None
@@ -340,13 +340,13 @@ def dataset_uint8(dataset: Any, side: int) -> tuple[torch.Tensor, torch.Tensor]:
 def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: torch.device | str,
                          test_batch_size: int | None = None, channels_last: bool = False, rank: int = 0,
                          world: int = 1) -> tuple[DeviceLoader | None, DeviceLoader]:
-    """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a :class:`~utils.data.DataBundle`,
+    """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a :class:`~utils.data.datasets.DataBundle`,
     with the augmentation and normalisation read from the bundle's own transforms (the torchvision path's, exactly);
     a pipeline it cannot reproduce is a UserError that says to use ``data.loader: "torchvision"``.
 
     ``rank`` of ``world`` (torchrun): ``batch_size`` is the global batch, of which the training loader yields this
     rank's share of every step; the test loader holds a contiguous part of the test set (as
-    :func:`utils.data.build_loaders` does)."""
+    :func:`utils.data.datasets.build_loaders` does)."""
     if batch_size < 1 or (test_batch_size is not None and test_batch_size < 1):
         raise UserError(f"data.batch_size/data.test_batch_size: expected positive integers (images per batch), got "
                         f"{batch_size} / {test_batch_size}")
@@ -358,8 +358,6 @@ def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: tor
                         '"torchvision"')
     images, labels = dataset_uint8(bundle.test, side)
     if world > 1:
-        from utils.distributed import shard_bounds
-
         lo, hi = shard_bounds(len(images), rank, world)
         images, labels = images[lo:hi], labels[lo:hi]
     test_loader = DeviceLoader(images, labels, batch_size=test_batch_size or batch_size, mean=test.mean, std=test.std,
