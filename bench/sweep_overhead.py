@@ -5,7 +5,8 @@
 
 What is timed, and why this is the honest measure:
 
-* the sweep is ``utils.app.pruner_main.main(cfg)``, the very function ``pruner_exp.py`` calls after parsing its arguments,
+* the sweep is ``utils.app.pruner_main.main(cfg)``, the very function ``pruner_exp.py`` calls after parsing its
+arguments,
   on ``experiments/shared/cifar10_subset_weight_prune_akamaster_resnet56.json`` (the public akamaster ResNet-56 on
   the 1,017 test images of the shared lossless CIFAR-10 subset) with ``prune.percent`` set to 0.1 ... 0.9. So the
   total holds everything a user waits for except starting Python and importing torch: building the loaders and

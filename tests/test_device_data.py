@@ -2,7 +2,8 @@
 
 Exactness (a given offset and flip gives torchvision's tensor bit for bit), statistics (offsets uniform over 0..8 and
 flips at 0.5 in *both* paths, measured from the images they yield; matching per-channel mean/std), the order and
-resumption contract of :mod:`utils.data.sampling`, and an un-augmented test split equal to torchvision's. All on the CPU.
+resumption contract of :mod:`utils.data.sampling`, and an un-augmented test split equal to torchvision's. All on the
+CPU.
 """
 
 from __future__ import annotations

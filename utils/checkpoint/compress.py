@@ -55,7 +55,7 @@ from utils.core.files import atomic_write_bytes, checkpoint_bytes
 
 __all__ = ["ENCODINGS", "SPARSE_FORMAT", "SPARSE_VERSION", "compress_checkpoint", "compress_state_dict",
            "compression_report", "decompress_state_dict", "encoded_sizes", "expand_checkpoint",
-           "format_compression_report", "is_compressed_checkpoint", "is_compressed_state_dict", "load_compressed",
+           "format_compression_report", "is_compressed_checkpoint", "is_compressed_state_dict",
            "save_compressed"]
 
 SPARSE_FORMAT = "prune-toolkit-sparse-state-dict"
@@ -380,7 +380,8 @@ def _expand_masks(obj: Any, state_dict: Mapping[str, torch.Tensor], where: str) 
 
 def compress_checkpoint(checkpoint: Mapping[str, Any], *, fp16: bool = False,
                         keep_training_state: bool = False) -> dict[str, Any]:
-    """The checkpoint dict (:func:`utils.checkpoint.format.make_checkpoint`) with ``state_dict`` and ``masks`` compressed
+    """The checkpoint dict (:func:`utils.checkpoint.format.make_checkpoint`) with ``state_dict`` and ``masks``
+    compressed
     and ``compressed = {"version", "fp16", "training_state"}`` added; without ``keep_training_state`` the
     optimizer, scheduler and RNG states become None (see the module docstring)."""
     if not is_toolkit_checkpoint(checkpoint):

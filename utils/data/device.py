@@ -16,14 +16,16 @@ The semantics are those of the torchvision path (:mod:`utils.data.datasets`), ch
   ``(seed, epoch)``, so both paths put the same images in the same batches; ``drop_last=False`` (a last, smaller
   batch). Only the crop offsets and flips differ from the DataLoader path's draws: that path seeds each image
   separately, which cannot be vectorised; here they come from the same per-epoch generator, after the permutation;
-* reproducibility (the contract of :mod:`utils.data.sampling`): the batches of an epoch depend on ``(seed, epoch)`` alone;
+* reproducibility (the contract of :mod:`utils.data.sampling`): the batches of an epoch depend on ``(seed, epoch)``
+alone;
   ``loader.sampler.set_epoch(epoch, start)`` makes the next pass start at position ``start`` (a run resumed inside an
   epoch) without drawing anything differently, and nothing touches the global RNG (dropout stays the training
   loop's). The draws are made on the CPU, so the batches are the same on every device; one copy of the epoch's
   order and draws (``N`` indices, ``2N`` offsets, ``N`` flags) goes to the device per epoch, nothing per step.
 
 ``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.datasets.DataBundle` that
-:func:`utils.data.datasets.build_datasets` returns (so file checks, downloads and error messages stay in one place), reading
+:func:`utils.data.datasets.build_datasets` returns (so file checks, downloads and error messages stay in one place),
+reading
 the crop padding, flip probability, mean and std from the bundle's own transforms: it refuses a pipeline it cannot
 reproduce (ImageNet-style ``RandomResizedCrop``, the digits' float images) instead of training on something else.
 """
@@ -87,7 +89,8 @@ class EpochOrder:
     """The ``sampler`` of a :class:`DeviceLoader`: ``set_epoch(epoch, start)`` chooses what the next pass yields.
 
     With ``shuffle`` the order is the permutation :class:`utils.data.sampling.SeededSampler` draws for ``(seed, epoch)``
-    (the same generator, seeded with :func:`utils.data.sampling.epoch_seed`, and ``randperm`` as its first draw); the crop
+    (the same generator, seeded with :func:`utils.data.sampling.epoch_seed`, and ``randperm`` as its first draw); the
+    crop
     offsets, then the flips, are drawn after it from the same generator, for every position of the epoch. Everything
     is drawn whole, then cut at ``start``, so a resumed pass yields exactly the suffix of the uninterrupted one.
     ``start`` applies to the next pass only, as in ``SeededSampler``.
@@ -198,7 +201,8 @@ class DeviceLoader:
     def from_cifar_root(cls, root: str, *, train: bool, batch_size: int, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, **kwargs: Any) -> DeviceLoader:
         """The training (``train``) or test split of ``<root>/cifar-10-batches-py``, read and checked by
-        :mod:`utils.data.datasets` (a missing or damaged file is the same one-line UserError), normalised with ``mean``/``std``
+        :mod:`utils.data.datasets` (a missing or damaged file is the same one-line UserError), normalised with
+        ``mean``/``std``
         (default: CIFAR-10's). ``kwargs``: ``seed``, ``device``, ``augmentation``, ``channels_last``."""
         default_mean, default_std = default_mean_std("cifar10")
         mean, std = mean or default_mean, std or default_std
@@ -340,7 +344,8 @@ def dataset_uint8(dataset: Any, side: int) -> tuple[torch.Tensor, torch.Tensor]:
 def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: torch.device | str,
                          test_batch_size: int | None = None, channels_last: bool = False, rank: int = 0,
                          world: int = 1) -> tuple[DeviceLoader | None, DeviceLoader]:
-    """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a :class:`~utils.data.datasets.DataBundle`,
+    """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a
+    :class:`~utils.data.datasets.DataBundle`,
     with the augmentation and normalisation read from the bundle's own transforms (the torchvision path's, exactly);
     a pipeline it cannot reproduce is a UserError that says to use ``data.loader: "torchvision"``.
 
