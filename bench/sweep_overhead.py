@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, header, median, prepare_device, shared_data, spread
 from utils.app import pruner_main as pruner
+from utils.app import session
 from utils.app.names import check_names
 from utils.app.setup import build_data, build_model, seed_everything, select_device
 from utils.config.schema import ExperimentConfig, load_config
@@ -105,14 +106,14 @@ def time_sweep(cfg: ExperimentConfig, gpu: int | None) -> tuple[float, list[floa
             inside.append(time.perf_counter() - start)
 
     printed = io.StringIO()
-    original, pruner.evaluate = pruner.evaluate, timed_evaluate  # what Session.evaluate calls
+    original, session.evaluate = session.evaluate, timed_evaluate  # what Session.evaluate calls
     try:
         with contextlib.redirect_stdout(printed):
             start = time.perf_counter()
             pruner.main(cfg, gpu=gpu)
             total = time.perf_counter() - start
     finally:
-        pruner.evaluate = original
+        session.evaluate = original
     lines = printed.getvalue().splitlines()
     first = next((i for i, line in enumerate(lines) if line.startswith("| ratio")), len(lines))
     last = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))

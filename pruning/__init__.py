@@ -19,7 +19,7 @@ from pruning.filter import STRATEGIES, FilterPruneResult, filters_to_remove, pru
 from pruning.importance import get_importance, group_scores, l1_filter_norms, list_importances, register_importance
 from pruning.masks import MaskKeeper, apply_masks, validate_masks
 from pruning.registry import PruneOutcome, get_method, list_methods, method_options, register_method
-from pruning.report import format_layer_table, format_sweep_table, sparsity_report
+from pruning.sparsity import sparsity_report
 from pruning.surgery import apply_shapes, pruned_shapes, remove_channels
 from pruning.weight import (
     KINDS,
@@ -50,8 +50,6 @@ __all__ = [
     "compute_masks",
     "default_example_input",
     "filters_to_remove",
-    "format_layer_table",
-    "format_sweep_table",
     "get_importance",
     "get_method",
     "group_scores",

@@ -21,8 +21,6 @@ from pruning import (
     MaskKeeper,
     apply_masks,
     compute_masks,
-    format_layer_table,
-    format_sweep_table,
     get_method,
     list_methods,
     method_options,
@@ -32,6 +30,7 @@ from pruning import (
     sparsity_report,
 )
 from utils.core.errors import UserError
+from utils.report.tables import format_layer_table, format_sweep_table
 
 
 class SmallNet(nn.Module):

@@ -41,7 +41,7 @@ def run_main(main: Callable[[], int | None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunInterrupted as exc:
-        from utils.core import distributed
+        from utils.core import distributed  # not at the top: the entry scripts import this module before torch
 
         if distributed.is_main():  # every rank stopped at the same step; one says so
             print(f"{exc}\nresume with: {resume_command(sys.argv, exc.resume)}", file=sys.stderr)
@@ -63,7 +63,7 @@ def resume_command(argv: list[str], resume: Path) -> str:
             skip = True
         elif not arg.startswith("--resume="):
             args.append(arg)
-    from utils.core import distributed
+    from utils.core import distributed  # not at the top: the entry scripts import this module before torch
 
     launcher, launch = ["python"], distributed.launched()
     if launch is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 
 from models import list_models
-from utils.app.pruner_main import runner_names
+from utils.app.pruner_main import METHODS
 from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
 from utils.data.datasets import dataset_names
@@ -14,7 +14,7 @@ from utils.data.datasets import dataset_names
 def check_names(cfg: ExperimentConfig, source: str) -> None:
     """Check the registry names in the config (model, dataset, pruning method) before any work starts."""
     for key, value, known in (("model.arch", cfg.model.arch, list_models()), ("data.name", cfg.data.name,
-                              dataset_names()), ("prune.method", cfg.prune.method, runner_names())):
+                              dataset_names()), ("prune.method", cfg.prune.method, METHODS.names())):
         if value not in known:
             near = _nearest(value, known)
             hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""

@@ -41,6 +41,7 @@ from typing import Any
 
 from utils.core.errors import UserError
 from utils.core.files import atomic_write_bytes
+from utils.report.plots import plot_bars, plot_lines
 
 __all__ = ["KINDS", "Run", "comparison_table", "get_args_parser", "main", "read_run", "read_runs", "write_plots",
            "write_report"]
@@ -300,8 +301,6 @@ def _file_label(label: str) -> str:
 
 def write_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     """Write every plot the runs have data for into ``out`` (see the module docstring); return their paths."""
-    from utils.report.plots import plot_bars, plot_lines
-
     written: list[Path] = []
     weight = [run for run in runs if run.kind == "weight"]
     if weight:

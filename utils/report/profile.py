@@ -4,7 +4,7 @@
 ``reduction(before, after)`` turns two profiles into percent savings. Every number here is counted from
 the model as it is, dense: a model whose pruned weights are only masked (set to zero) has the same
 parameters, MACs, file size and latency as the original. Only physical removal (smaller layers) shows up;
-how many weights are zero is :func:`pruning.report.sparsity_report`'s business.
+how many weights are zero is :func:`pruning.sparsity.sparsity_report`'s business.
 
 MACs are counted by PyTorch's own :class:`torch.utils.flop_counter.FlopCounterMode` rather than by a
 hand-written hook table, so any layer that reaches a convolution or matrix-multiply kernel is counted,

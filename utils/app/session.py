@@ -1,0 +1,147 @@
+"""What every pruning method's runner shares: the :class:`Session` (config, device, data, model, run directory)
+built once by :func:`utils.app.pruner_main.main`, the registry of runners (``prune.method``), and small helpers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.schedule import agp_plan
+from utils.app.setup import Data, make_visdom
+from utils.checkpoint.format import make_checkpoint
+from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
+from utils.config.schema import ExperimentConfig, OptimConfig
+from utils.core.errors import UserError
+from utils.core.files import atomic_torch_save
+from utils.core.registry import Registry
+from utils.core.rundir import RunDir
+from utils.train.engine import evaluate
+from utils.train.fit import FitResult, StepHook, fit, resume_point
+from utils.train.interrupt import RunInterrupted
+
+
+@dataclass
+class Session:
+    """Everything a runner needs, built once by :func:`main`."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    data: Data
+    loaded: LoadedModel
+    run: RunDir
+    config: dict[str, Any]  # the resolved config with provenance, as saved in config.json and checkpoints
+    logger: Any
+    prepared: Any = None  # what prepare_pruning found while checking the spec (see there)
+    resuming: bool = False  # --resume: retraining goes on from the last.pth files already in ``run``
+    export: tuple[str, ...] = ()  # --export: formats to write the final model(s) in (:func:`export_final`)
+
+    def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
+        return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
+
+    def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
+                 prefix: str = "", extra: dict[str, Any] | None = None, optim: OptimConfig | None = None,
+                 on_step: StepHook | None = None, epoch_offset: int = 0, best_after: int = 0) -> FitResult:
+        """Retrain ``model`` (``optim``: default ``retrain``) into ``run``; the rest goes to :func:`fit`.
+
+        When resuming, a ``last.pth`` in ``run`` means this retraining had started: it goes on from there
+        (weights and masks from the file), and a complete one returns at once with its history.
+        """
+        cfg = self.cfg
+        optim = optim or cfg.retrain
+        resume = None
+        if self.resuming and (run / "last.pth").exists():  # this model's retraining had started: go on from there
+            resume = load_toolkit_checkpoint(run / "last.pth", expect_arch=cfg.model.arch).checkpoint
+            model.load_state_dict(resume["state_dict"])
+            masks = resume.get("masks") or None
+            print(resume_point(run / "last.pth", resume))
+        print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
+              + ("; pruned weights held at zero)" if masks else ")"))
+        try:
+            return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader,
+                       optim=optim, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
+                       masks=masks, visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix),
+                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run,
+                       on_step=on_step, epoch_offset=epoch_offset, best_after=best_after)
+        except RunInterrupted as exc:
+            exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
+            raise
+
+    def save_pruned(self, model: nn.Module, path: str, *, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
+                    metrics: dict[str, float]) -> str:
+        ckpt = make_checkpoint(model=model, arch=arch, config=self.config, masks=masks, metrics=metrics,
+                               device=self.device)
+        atomic_torch_save(ckpt, self.run / path)
+        return str(self.run / path)
+
+
+
+METHODS: Registry[Callable[[Session], None]] = Registry("pruning method")  # prune.method -> its runner
+
+
+
+@contextlib.contextmanager
+def results_kept_on_error(s: Session) -> Iterator[None]:
+    """Around the exports, which run after the results are saved: a failing one (onnxruntime disagrees with
+    PyTorch, the disk is full) also says that the run's results are kept, and how to export again."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{exc} (--export, after the run: its results are saved, without the export, in "
+                        f"{s.run / 'results.md'} and results.json; --resume {s.run.path} --export "
+                        f"{' '.join(s.export)} exports again without retraining)") from None
+
+
+
+def agp_plan_for(cfg: ExperimentConfig, data: Data, final: float) -> Any:
+    return agp_plan(final, epochs=cfg.retrain.epochs, steps_per_epoch=len(data.train_loader),
+                    frequency=cfg.prune.frequency, end=cfg.prune.agp_end)
+
+
+
+def schedule_title(cfg: ExperimentConfig) -> str:
+    p = cfg.prune
+    if p.schedule == "iterative":
+        per_round = cfg.retrain.epochs // p.rounds
+        return f", iterative: {p.rounds} rounds of {per_round} epoch{'s' if per_round > 1 else ''} retraining"
+    if p.schedule == "agp":
+        return (f", AGP: pruning every {p.frequency} steps over the first {p.agp_end:g} of {cfg.retrain.epochs} "
+                "epochs retraining")
+    return ""
+
+
+
+def schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    p = cfg.prune
+    record: dict[str, Any] = {"name": p.schedule, "retrain_epochs": cfg.retrain.epochs}
+    if p.schedule == "iterative":
+        record.update(rounds=p.rounds, epochs_per_round=cfg.retrain.epochs // p.rounds)
+    elif p.schedule == "agp":
+        record.update(frequency=p.frequency, agp_end=p.agp_end)
+    return record
+
+
+
+def percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+
+def sparsity_summary(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "layers"}
+
+
+
+def example_input(input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, *input_size, device=device)  # shapes only; no draw from the global RNG
+
+
+
+def filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    p = cfg.prune
+    return {"layers": list(p.layers), "channels": p.channels, "ratios": p.ratios, "strategy": p.strategy,
+            "skip": list(p.skip)}
