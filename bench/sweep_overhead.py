@@ -46,7 +46,8 @@ from bench.common import REPO, header, median, prepare_device, shared_data, spre
 from utils.app import pruner_main as pruner
 from utils.app.names import check_names
 from utils.app.setup import build_data, build_model, seed_everything, select_device
-from utils.config.schema import ExperimentConfig, load_config
+from utils.config.schema import ExperimentConfig
+from utils.config.validate import load_config
 from utils.train.engine import evaluate
 
 EXPERIMENT = REPO / "experiments" / "shared" / "cifar10_subset_weight_prune_akamaster_resnet56.json"

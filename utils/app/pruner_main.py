@@ -50,7 +50,8 @@ from utils.app.setup import Data, build_data, build_model, make_visdom, seed_eve
 from utils.checkpoint.export import export_model
 from utils.checkpoint.format import make_checkpoint, model_size_kb
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
-from utils.config.schema import ExperimentConfig, OptimConfig, from_dict
+from utils.config.schema import ExperimentConfig, OptimConfig
+from utils.config.validate import from_dict
 from utils.core import distributed
 from utils.core.choices import EXPORT_FORMATS
 from utils.core.errors import UserError
