@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def cli() -> int:
     args = get_args_parser().parse_args()
-    from utils.config.schema import load_config
+    from utils.config.validate import load_config
 
     overrides = list(args.overrides)
     if args.prune_percent is not None:

@@ -27,7 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def cli() -> int:
     args = get_args_parser().parse_args()
-    from utils.config.schema import load_config
+    from utils.config.validate import load_config
 
     cfg = load_config(args.json, args.overrides)  # before torch is imported: a bad file fails at once
     from utils.app.names import check_names

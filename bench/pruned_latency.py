@@ -27,7 +27,7 @@ from models import get_model
 from utils.app.pruner_main import prepare_pruning
 from utils.app.setup import model_options
 from utils.checkpoint.load import load_toolkit_checkpoint
-from utils.config.schema import load_config
+from utils.config.validate import load_config
 from utils.report.profile import compare_latency, count_macs, count_params
 
 EXPERIMENT = REPO / "experiments" / "prune" / "cifar10_filter_prune_vgg16_bn.json"

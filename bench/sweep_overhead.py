@@ -47,7 +47,8 @@ from utils.app import pruner_main as pruner
 from utils.app import session
 from utils.app.names import check_names
 from utils.app.setup import build_data, build_model, seed_everything, select_device
-from utils.config.schema import ExperimentConfig, load_config
+from utils.config.schema import ExperimentConfig
+from utils.config.validate import load_config
 from utils.train.engine import evaluate
 
 EXPERIMENT = REPO / "experiments" / "shared" / "cifar10_subset_weight_prune_akamaster_resnet56.json"

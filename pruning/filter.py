@@ -35,12 +35,13 @@ from pruning.dependency import ChannelGraph, LayerNames, analyse, layer_names
 from pruning.importance import group_scores
 from pruning.registry import register_method
 from pruning.surgery import pruned_shapes, remove_channels
+from utils.core import choices
 from utils.core.errors import UserError
 
 __all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "filter_masks", "filters_to_remove", "masked_filters",
            "plan_filters", "prune_filters", "remove_filters", "select_filters"]
 
-STRATEGIES = ("independent", "greedy")
+STRATEGIES = choices.FILTER_STRATEGIES
 """``independent``: every layer ranked on the original weights; ``greedy``: kernels on input channels
 already removed from the previous layer are left out of the L1 sums (Li et al. §3.3)."""
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from utils.core import choices
 from utils.core.errors import UserError
 
 __all__ = ["SCHEDULES", "AgpPlan", "agp_plan", "cubic_fraction", "epochs_per_round", "round_ratios",
            "scheduled_count", "sparsity_at"]
 
-SCHEDULES = ("one_shot", "iterative", "agp")
+SCHEDULES = choices.PRUNE_SCHEDULES  # prune.schedule
 
 # ceil(fraction * count) in floating point: 0.875 * 8 may come out as 7.000000000000001, which must give 7.
 _ROUNDING_SLACK = 1e-9

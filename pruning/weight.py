@@ -25,12 +25,13 @@ from torch import nn
 
 from pruning.masks import apply_masks
 from pruning.registry import register_method
+from utils.core import choices
 from utils.core.errors import UserError
 
 __all__ = ["KINDS", "SCOPES", "WeightPruneResult", "apply_masks", "check_percent", "check_scope", "compute_masks",
            "magnitude", "prunable_weights", "prune_weights", "prune_weights_further"]
 
-SCOPES = ("layer_type", "global", "layer")
+SCOPES = choices.WEIGHT_SCOPES
 """``layer_type``: one threshold for all conv weights, one for all linear weights (Han et al.'s
 setting and the research code's); ``global``: one for both; ``layer``: each layer its own."""
 

@@ -18,15 +18,9 @@ from typing import Any
 import pytest
 
 from utils.app.names import check_names
-from utils.config.schema import (
-    ExperimentConfig,
-    apply_overrides,
-    from_dict,
-    load_config,
-    parse_override,
-    read_json,
-    reference_markdown,
-)
+from utils.config.reference import reference_markdown
+from utils.config.schema import ExperimentConfig
+from utils.config.validate import apply_overrides, from_dict, load_config, parse_override, read_json
 from utils.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +54,8 @@ def load_error(path: Path, overrides: tuple[str, ...] = ()) -> str:
 
 
 def leaf_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
-    """Every dotted leaf key, walked over ``dataclasses.fields`` (independently of ``utils.config.schema``'s walker)."""
+    """Every dotted leaf key, walked over ``dataclasses.fields`` (independently of the walker in
+    ``utils.config.reference``)."""
     hints = typing.get_type_hints(cls)
     keys: list[str] = []
     for f in dataclasses.fields(cls):
@@ -448,7 +443,7 @@ def test_to_dict_round_trips(raw: dict[str, Any]):
 def test_readme_documents_every_key_as_the_code_does():
     """The README's key table is generated from the dataclasses' metadata; a stale copy fails here
     (regenerate it with ``python -m utils.config --update-readme``)."""
-    from utils.config.schema import README, readme_with_reference
+    from utils.config.reference import README, readme_with_reference
 
     text = README.read_text(encoding="utf-8")
     assert readme_with_reference(text) == text

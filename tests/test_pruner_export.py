@@ -33,7 +33,7 @@ from test_runner import PRUNER, cifar, load, run_script, snapshot, succeeded, wr
 from torch import nn
 
 from utils.checkpoint.load import load_compressed, load_toolkit_checkpoint
-from utils.config.schema import load_config
+from utils.config.validate import load_config
 from utils.core.errors import UserError
 
 ATOL = 1e-4

@@ -44,7 +44,7 @@ from pruning.schedule import (
 )
 from pruning.weight import prune_weights_further
 from utils.checkpoint.load import load_toolkit_checkpoint
-from utils.config.schema import from_dict
+from utils.config.validate import from_dict
 from utils.core.errors import UserError
 from utils.core.rundir import RunDir
 

@@ -32,7 +32,8 @@ from utils.app import run_filter, run_sensitivity, run_weight  # noqa: F401
 from utils.app.exporting import check_export
 from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_options
 from utils.app.setup import build_data, build_model, make_visdom, seed_everything, select_device
-from utils.config.schema import ExperimentConfig, from_dict
+from utils.config.schema import ExperimentConfig
+from utils.config.validate import from_dict
 from utils.core.errors import UserError
 from utils.core.provenance import provenance
 from utils.core.rundir import RunDir

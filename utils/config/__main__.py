@@ -2,7 +2,7 @@
 
 import sys
 
-from utils.config.schema import README, readme_with_reference, reference_markdown
+from utils.config.reference import README, readme_with_reference, reference_markdown
 
 if sys.argv[1:] == ["--update-readme"]:
     README.write_text(readme_with_reference(README.read_text(encoding="utf-8")), encoding="utf-8")

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
 
+from utils.core import choices
 from utils.core.distributed import shard_bounds
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
@@ -318,7 +319,7 @@ def _folder_transforms(
 # resizes (torchvision's reference pipeline; the default). "torchvision": torchvision.io decodes the file's bytes and
 # transforms.v2 crops and resizes the uint8 tensor (the same random crops; resized pixels within 1 level of PIL's,
 # tests/test_imagenet_pipeline.py), with PIL decoding instead where torchvision.io cannot load.
-FOLDER_DECODERS = ("pil", "torchvision")
+FOLDER_DECODERS = choices.DECODERS  # data.decode
 
 
 class BatchNormalize:
