@@ -1,5 +1,5 @@
-"""Images/s of the ImageNet input pipeline (``utils/data.py``): training loader (RandomResizedCrop 224 + flip) and
-evaluation loader (Resize 256 + CenterCrop 224), per-image vs per-batch normalisation, PIL vs torchvision.io
+"""Images/s of the ImageNet input pipeline (``utils/data/folder.py``): training loader (RandomResizedCrop 224 + flip)
+and evaluation loader (Resize 256 + CenterCrop 224), per-image vs per-batch normalisation, PIL vs torchvision.io
 decoding, DataLoader workers, ``prefetch_factor``, pinned memory; with ``--device cuda`` also the copy to the GPU and
 uint8 batches normalised there, and the training step of the ImageNet models the loader has to keep up with.
 
@@ -9,7 +9,7 @@ uint8 batches normalised there, and the training step of the ImageNet models the
 
 Data: the shared ImageNet sample (``../shared/data/imagenet-sample/val``, or ``--data``: any ImageFolder split)
 replicated ``--copies`` times into a temporary tree of symbolic links, ``train/`` and ``val/`` alike (nothing is
-copied), which the real ``utils.data.datasets`` code then builds and loads. Its ~34 MB stay in the page cache: this
+copied), which the real ``utils.data.folder`` code then builds and loads. Its ~34 MB stay in the page cache: this
 measures
 decoding and transforms, not disk reads. Its images are 256 pixels on the short side, where ILSVRC-2012's average
 roughly 470x390: decoding costs less per image than on the real data, and evaluation's Resize(256) is nearly free.
@@ -51,8 +51,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, shared_data, spread, synchronize
-from utils.data import datasets as data
-from utils.data.datasets import BatchNormalize, build_loaders, default_mean_std, torchvision_io_problem
+from utils.data import folder
+from utils.data.catalog import DataSpec
+from utils.data.datasets import default_mean_std
+from utils.data.folder import BatchNormalize, torchvision_io_problem
+from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededAugmentation
 
 PIPELINES = ("per-image", "batched", "torchvision", "on-device")
@@ -102,9 +105,9 @@ def replicate_tree(source: Path, dest: Path, copies: int, splits: Sequence[str] 
     count = 0
     for split in splits:
         count = 0
-        for folder in classes:
-            images = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
-            target = dest / split / folder.name
+        for class_dir in classes:
+            images = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            target = dest / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
             for k, image in itertools.product(range(copies), images):
                 (target / f"{k}_{image.name}").symlink_to(image.resolve())
@@ -116,8 +119,9 @@ def build_bundles(root: Path, pipelines: Sequence[str]) -> dict[str, Any]:
     """One DataBundle per decoder the pipelines need ("pil" for all but torchvision)."""
     mean, std = default_mean_std("imagenet")
     decoders = {"torchvision" if p == "torchvision" else "pil" for p in pipelines}
-    return {d: data._build_folder("imagenet", str(root), eval_splits=("val",), mean=mean, std=std, train=True,
-                                  download=False, image_size=None, decode=d) for d in sorted(decoders)}
+    return {d: folder._build_folder("imagenet", str(root), DataSpec(mean=mean, std=std, train=True, download=False,
+                                                                    image_size=None, decode=d), eval_splits=("val",))
+            for d in sorted(decoders)}
 
 
 # --------------------------------------------------------------------------------------------------- loaders
@@ -156,7 +160,7 @@ def variant_loader(bundle: Any, split: str, pipeline: str, workers: int, prefetc
     elif pipeline == "on-device":  # the uint8 view, stacked by the default collate: uint8 batches
         collate = None
     else:
-        assert isinstance(collate, data._NormalizingCollate), "build_loaders no longer normalises per batch"
+        assert isinstance(collate, folder._NormalizingCollate), "build_loaders no longer normalises per batch"
     return DataLoader(dataset, batch_size=loader.batch_size, sampler=loader.sampler, collate_fn=collate,
                       num_workers=workers, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
                       prefetch_factor=prefetch, persistent_workers=False, generator=loader.generator)

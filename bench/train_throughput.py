@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, spread, synchronize, write_synthetic_cifar
 from models import get_model
-from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+from utils.data.datasets import build_datasets, default_mean_std
 from utils.data.device import build_device_loaders
+from utils.data.loaders import build_loaders
 from utils.train.engine import train_step as engine_step
 from utils.train.fit import AMP_DTYPES
 

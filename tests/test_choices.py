@@ -16,7 +16,7 @@ from pruning.schedule import SCHEDULES
 from pruning.weight import SCOPES
 from utils.config.schema import DataConfig, ModelConfig, OptimConfig, PruneConfig
 from utils.core import choices
-from utils.data.datasets import FOLDER_DECODERS
+from utils.data.folder import FOLDER_DECODERS
 from utils.train.fit import AMP_DTYPES, build_scheduler
 
 # (section, field, allowed values, whether null is allowed too)

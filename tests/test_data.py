@@ -15,8 +15,10 @@ from PIL import Image
 
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
-from utils.data import datasets as data
-from utils.data.datasets import DataBundle, build_datasets, build_loaders, dataset_names, default_mean_std
+from utils.data import digits
+from utils.data.catalog import DataBundle
+from utils.data.datasets import build_datasets, dataset_names, default_mean_std
+from utils.data.loaders import build_loaders
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ZERO_ONE = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # identity normalisation: tensors are raw pixels/255
@@ -379,7 +381,7 @@ def test_digits_split_is_stratified_and_fixed() -> None:
     torch.manual_seed(1)
     np.random.seed(1)
     first = build_datasets("digits", "", **ZERO_ONE, train=False).test
-    data._digits_split.cache_clear()  # recompute from scratch under a different global seed
+    digits._digits_split.cache_clear()  # recompute from scratch under a different global seed
     torch.manual_seed(2)
     np.random.seed(2)
     second = build_datasets("digits", "", **ZERO_ONE, train=False).test
@@ -403,8 +405,8 @@ def test_digits_pixels_are_upsampled_originals() -> None:
 
 
 def test_digits_mean_std_match_fresh_computation() -> None:
-    data._digits_split.cache_clear()
-    mean, std = data.digits_mean_std_from_data()
+    digits._digits_split.cache_clear()
+    mean, std = digits.digits_mean_std_from_data()
     expected_mean, expected_std = default_mean_std("digits")
     np.testing.assert_allclose(mean, expected_mean, atol=5e-5)
     np.testing.assert_allclose(std, expected_std, atol=5e-5)

@@ -18,15 +18,17 @@ from torch import nn
 
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
-from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+from utils.data.datasets import build_datasets, default_mean_std
 from utils.data.device import (
     Augmentation,
     DeviceLoader,
     EpochOrder,
+    LoaderSpec,
     build_device_loaders,
     crop_flip,
     normalize,
 )
+from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededSampler
 
 F = torchvision.transforms.functional
@@ -173,8 +175,8 @@ def test_random_images_have_matching_channel_statistics(tmp_path: Path) -> None:
 
 
 def _loader(n: int = 37, batch_size: int = 8, seed: int = 11, **kwargs) -> DeviceLoader:
-    return DeviceLoader(_images(n, seed=2), torch.arange(n), batch_size=batch_size, mean=CIFAR_MEAN, std=CIFAR_STD,
-                        train=True, seed=seed, **kwargs)
+    return DeviceLoader(_images(n, seed=2), torch.arange(n), LoaderSpec(batch_size=batch_size, mean=CIFAR_MEAN,
+                                                                        std=CIFAR_STD, train=True, seed=seed, **kwargs))
 
 
 def _pass(loader: DeviceLoader, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -255,7 +257,7 @@ def test_trains_through_the_engine() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     labels = torch.arange(37) % 10
-    loader = DeviceLoader(_images(37), labels, batch_size=8, mean=CIFAR_MEAN, std=CIFAR_STD, train=True)
+    loader = DeviceLoader(_images(37), labels, LoaderSpec(batch_size=8, mean=CIFAR_MEAN, std=CIFAR_STD, train=True))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     stats = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, torch.device("cpu"), epoch=0)
     assert stats is not None and np.isfinite(stats["loss"]) and 0 <= stats["top1"] <= 100

@@ -28,8 +28,9 @@ from test_data import write_cifar
 from test_interrupt import Stopped, step_line
 from test_runner import PRUNER, TRAINER, Run, cifar, load, succeeded, write_config
 
-from utils.data.datasets import build_datasets, build_loaders, default_mean_std
-from utils.data.device import DeviceLoader
+from utils.data.datasets import build_datasets, default_mean_std
+from utils.data.device import DeviceLoader, LoaderSpec
+from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededSampler, rank_positions
 
 RUN_TIMEOUT_S = 600  # a hang guard: a rank waiting for another that died would otherwise wait 30 minutes
@@ -78,8 +79,8 @@ def test_device_loader_ranks_crop_and_flip_what_the_single_loader_does() -> None
     images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(50)
     common = {"batch_size": 10, "mean": [0.5] * 3, "std": [0.25] * 3, "train": True, "seed": 2}
-    single = DeviceLoader(images, labels, **common)
-    ranks = [DeviceLoader(images, labels, **common, rank=r, world=2) for r in range(2)]
+    single = DeviceLoader(images, labels, LoaderSpec(**common))
+    ranks = [DeviceLoader(images, labels, LoaderSpec(**common, rank=r, world=2)) for r in range(2)]
     for loader in (single, *ranks):
         loader.set_epoch(1)
     whole = list(single)

@@ -115,7 +115,8 @@ def results(run: Run, name: str = "results.json") -> dict[str, Any]:
 
 
 def cifar_test_loader(root: Path) -> Any:
-    from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+    from utils.data.datasets import build_datasets, default_mean_std
+    from utils.data.loaders import build_loaders
 
     mean, std = default_mean_std("cifar10")
     bundle = build_datasets("cifar10", str(root), mean=mean, std=std, train=False)

@@ -23,8 +23,11 @@ from torch.utils.data import DataLoader
 from bench.imagenet_pipeline import replicate_tree
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
-from utils.data import datasets as data
-from utils.data.datasets import BatchNormalize, build_datasets, build_loaders, default_mean_std, torchvision_io_problem
+from utils.data import catalog, folder, loaders
+from utils.data.catalog import DataSpec
+from utils.data.datasets import build_datasets, default_mean_std
+from utils.data.folder import BatchNormalize, torchvision_io_problem
+from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededAugmentation
 
 T = torchvision.transforms
@@ -60,9 +63,10 @@ def jpeg_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _bundle(root: Path, decode: str = "pil", train: bool = True) -> data.DataBundle:
-    return data._build_folder("imagefolder", str(root), eval_splits=("val", "test"), mean=MEAN, std=STD, train=train,
-                              download=False, image_size=SIZE, decode=decode)
+def _bundle(root: Path, decode: str = "pil", train: bool = True) -> catalog.DataBundle:
+    return folder._build_folder("imagefolder", str(root), DataSpec(mean=MEAN, std=STD, train=train, download=False,
+                                                                    image_size=SIZE, decode=decode),
+                                eval_splits=("val", "test"))
 
 
 def _epoch(loader: DataLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,8 +109,8 @@ def test_loaders_give_the_per_image_pipelines_batches(jpeg_tree: Path) -> None:
     """build_loaders reads uint8 items and normalises per batch; the batches are those of dataset[i] (ToTensor +
     Normalize per image, what the loaders returned before), bit for bit, for training (same seeds) and evaluation."""
     bundle = _bundle(jpeg_tree)
-    assert isinstance(bundle.train, data._FolderImages)
-    assert repr(bundle.train.transform) == repr(data._folder_transforms(SIZE, MEAN, STD)[0])  # dataset[i] unchanged
+    assert isinstance(bundle.train, folder._FolderImages)
+    assert repr(bundle.train.transform) == repr(folder._folder_transforms(SIZE, MEAN, STD)[0])  # dataset[i] unchanged
     train, test = build_loaders(bundle, batch_size=4, workers=0, seed=5)
     per_image = DataLoader(SeededAugmentation(bundle.train), batch_size=4, sampler=train.sampler)
     for epoch in (0, 1):
@@ -119,7 +123,7 @@ def test_loaders_give_the_per_image_pipelines_batches(jpeg_tree: Path) -> None:
     assert _same_batches(list(test), expected)
 
 
-@pytest.mark.parametrize("decode", data.FOLDER_DECODERS)
+@pytest.mark.parametrize("decode", folder.FOLDER_DECODERS)
 def test_same_batches_with_0_and_2_workers(jpeg_tree: Path, decode: str) -> None:
     """The seeded contract (utils/sampling.py): batches depend on (seed, epoch) only, whatever the workers."""
     with pytest.warns(UserWarning) if decode == "torchvision" and torchvision_io_problem() else _no_warning():
@@ -145,8 +149,8 @@ def test_tensor_transforms_draw_the_same_crops_as_pil(shared) -> None:
     """transforms.v2 on the uint8 tensor vs PIL on the same decoded photograph, under the same seed: the same crop
     and flip (a different one would differ by tens of levels), resized within 1 level of PIL's (both are antialiased
     bilinear in fixed point and round differently)."""
-    pil_train, pil_eval = (data._without_normalize(t) for t in data._folder_transforms(224, MEAN, STD))
-    tensor_train, tensor_eval = data._tensor_transforms(224)
+    pil_train, pil_eval = (folder._without_normalize(t) for t in folder._folder_transforms(224, MEAN, STD))
+    tensor_train, tensor_eval = folder._tensor_transforms(224)
     worst, total, count = 0.0, 0.0, 0
     for k, path in enumerate(_sample_images(shared, 12)):
         image = torchvision.datasets.folder.default_loader(str(path))
@@ -168,8 +172,8 @@ def test_torchvision_io_decodes_like_pil(shared) -> None:
     DCT and chroma upsampling differently, so the bound is torchvision's own test's for decode_jpeg vs PIL (mean
     absolute difference < 2 levels), and the shapes must agree."""
     for path in _sample_images(shared, 12):
-        ours = data._torchvision_io_loader(str(path))
-        pil = data._pil_tensor_loader(str(path))
+        ours = folder._torchvision_io_loader(str(path))
+        pil = folder._pil_tensor_loader(str(path))
         assert ours.dtype == torch.uint8 and ours.shape == pil.shape
         assert (ours.float() - pil.float()).abs().mean().item() < 2
 
@@ -179,9 +183,9 @@ def test_torchvision_io_decodes_like_pil(shared) -> None:
 
 @pytest.fixture
 def fresh_guard():
-    data.torchvision_io_problem.cache_clear()
+    folder.torchvision_io_problem.cache_clear()
     yield
-    data.torchvision_io_problem.cache_clear()
+    folder.torchvision_io_problem.cache_clear()
 
 
 def test_guard_falls_back_to_pil_when_torchvision_io_cannot_load(jpeg_tree: Path, monkeypatch, fresh_guard) -> None:
@@ -189,10 +193,10 @@ def test_guard_falls_back_to_pil_when_torchvision_io_cannot_load(jpeg_tree: Path
         raise RuntimeError("Couldn't load the image extension.\nmore details")
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
-    assert data.torchvision_io_problem() == "RuntimeError: Couldn't load the image extension."
+    assert folder.torchvision_io_problem() == "RuntimeError: Couldn't load the image extension."
     with pytest.warns(UserWarning, match=r'data.decode "torchvision": torchvision.io cannot decode here .*PIL'):
         bundle = _bundle(jpeg_tree, "torchvision")
-    assert bundle.train.loader is data._pil_tensor_loader and bundle.test.loader is data._pil_tensor_loader
+    assert bundle.train.loader is folder._pil_tensor_loader and bundle.test.loader is folder._pil_tensor_loader
     image, label = bundle.test[0]  # a grey JPEG, made RGB
     assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32 and label == 0
 
@@ -202,15 +206,15 @@ def test_guard_uses_torchvision_io_when_it_decodes(jpeg_tree: Path, monkeypatch,
         return torch.zeros(3, 8, 8, dtype=torch.uint8)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", working)
-    assert data.torchvision_io_problem() is None
+    assert folder.torchvision_io_problem() is None
     with _no_warning():
         bundle = _bundle(jpeg_tree, "torchvision", train=False)
-    assert bundle.test.loader is data._torchvision_io_loader
+    assert bundle.test.loader is folder._torchvision_io_loader
 
 
 def test_guard_rejects_a_decoder_that_returns_nonsense(monkeypatch, fresh_guard) -> None:
     monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: torch.zeros(8, 8, dtype=torch.uint8))
-    assert "returned torch.uint8 (8, 8)" in data.torchvision_io_problem()
+    assert "returned torch.uint8 (8, 8)" in folder.torchvision_io_problem()
 
 
 def test_unknown_decoder_is_a_user_error(jpeg_tree: Path) -> None:
@@ -224,7 +228,7 @@ def test_small_images_keep_the_plain_pipeline(tmp_path: Path) -> None:
     write_jpeg_tree(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
     bundle = build_datasets("imagefolder", str(tmp_path), mean=MEAN, std=STD, image_size=32)
     assert type(bundle.train) is torchvision.datasets.ImageFolder
-    assert data._loader_view(bundle.train) == (bundle.train, None)
+    assert folder._loader_view(bundle.train) == (bundle.train, None)
 
 
 # -------------------------------------------------------------------------------------------- replicated tree
@@ -257,11 +261,11 @@ def test_shared_sample_loads_batched_with_workers(shared) -> None:
 
 
 @pytest.mark.parametrize(("cores", "processes", "expected"), [(1, 1, 0), (2, 1, 1), (16, 1, 15), (64, 8, 7),
-                                                                (64, 1, data.MAX_AUTO_WORKERS), (4, 8, 0)])
+                                                                (64, 1, loaders.MAX_AUTO_WORKERS), (4, 8, 0)])
 def test_auto_workers_leave_a_core_per_training_process(monkeypatch, cores: int, processes: int,
                                                         expected: int) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert data.auto_workers(processes) == expected
+    assert loaders.auto_workers(processes) == expected
 
 
 # ---------------------------------------------------------------------------------------------- the benchmark

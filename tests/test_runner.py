@@ -413,7 +413,8 @@ def test_sweep_table_is_printed_and_saved(sweep: Run) -> None:
 @pytest.mark.slow
 def test_pruned_checkpoints_load_back_with_masks_and_exactly_their_zeros(sweep: Run, baseline: Run,
                                                                           work: Path) -> None:
-    from utils.data.datasets import build_datasets, build_loaders, default_mean_std
+    from utils.data.datasets import build_datasets, default_mean_std
+    from utils.data.loaders import build_loaders
     from utils.train.engine import evaluate
 
     assert sweep.path is not None and baseline.path is not None

@@ -19,7 +19,7 @@ from torch import nn
 
 from utils.config.schema import OptimConfig
 from utils.core.rundir import RunDir
-from utils.data.device import DeviceLoader
+from utils.data.device import DeviceLoader, LoaderSpec
 from utils.train.fit import fit
 
 # torch.compile's CPU backend calls a deprecated torch.jit helper of its own.
@@ -38,8 +38,8 @@ def loaders(train_batch: int = 16) -> tuple[DeviceLoader, DeviceLoader]:
     images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=g)
     labels = (images.float().mean(dim=(1, 2, 3)) > 127).long() + 2 * (images[:, 0, 0, 0] > 127).long()
     common = {"mean": [0.5] * 3, "std": [0.25] * 3, "seed": 3}
-    return (DeviceLoader(images, labels, batch_size=train_batch, train=True, **common),
-            DeviceLoader(images[:32], labels[:32], batch_size=32, train=False, **common))
+    return (DeviceLoader(images, labels, LoaderSpec(batch_size=train_batch, train=True, **common)),
+            DeviceLoader(images[:32], labels[:32], LoaderSpec(batch_size=32, train=False, **common)))
 
 
 def train(tmp_path: Path, name: str, *, masks: dict[str, torch.Tensor] | None = None,

@@ -27,8 +27,9 @@ from utils.checkpoint.load import (
 from utils.config.schema import ExperimentConfig
 from utils.core import distributed
 from utils.core.errors import UserError
-from utils.data.datasets import auto_workers, build_datasets, build_loaders, default_mean_std
+from utils.data.datasets import build_datasets, default_mean_std
 from utils.data.device import build_device_loaders
+from utils.data.loaders import auto_workers, build_loaders
 from utils.report.visdom_logger import VisdomLogger
 
 

@@ -6,7 +6,7 @@ model. Here a split is copied to the device once (CIFAR-10's 50,000 training ima
 is one gather that crops and flips every image at once, then the conversion to float and the normalisation: no
 workers, no per-step copies, no Python loop over images.
 
-The semantics are those of the torchvision path (:mod:`utils.data.datasets`), checked by ``tests/test_device_data.py``:
+The semantics are those of the torchvision path (:mod:`utils.data.loaders`), checked by ``tests/test_device_data.py``:
 
 * augmentation: ``RandomCrop(size, padding=p)`` (zero padding, offsets ``i, j`` uniform in ``0..2p`` independently per
   image) then ``RandomHorizontalFlip(prob)``, then ``ToTensor`` and ``Normalize`` with the same float operations, so an
@@ -23,11 +23,11 @@ alone;
   loop's). The draws are made on the CPU, so the batches are the same on every device; one copy of the epoch's
   order and draws (``N`` indices, ``2N`` offsets, ``N`` flags) goes to the device per epoch, nothing per step.
 
-``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.datasets.DataBundle` that
+``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.catalog.DataBundle` that
 :func:`utils.data.datasets.build_datasets` returns (so file checks, downloads and error messages stay in one place),
-reading
-the crop padding, flip probability, mean and std from the bundle's own transforms: it refuses a pipeline it cannot
-reproduce (ImageNet-style ``RandomResizedCrop``, the digits' float images) instead of training on something else.
+reading the crop padding, flip probability, mean and std from the bundle's own transforms: it refuses a pipeline it
+cannot reproduce (ImageNet-style ``RandomResizedCrop``, the digits' float images) instead of training on something
+else.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ __all__ = [
     "DeviceLoader",
     "EpochDraws",
     "EpochOrder",
+    "LoaderSpec",
     "build_device_loaders",
     "crop_flip",
     "dataset_uint8",
@@ -74,6 +75,23 @@ class Augmentation:
             raise ValueError(f"padding must be an integer >= 0 (pixels), got {self.padding!r}")
         if not 0.0 <= self.flip_p <= 1.0:
             raise ValueError(f"flip_p must be a probability in [0, 1], got {self.flip_p!r}")
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a :class:`DeviceLoader` makes of its images: batches of ``batch_size`` on ``device``, normalised with
+    ``mean``/``std``, shuffled and augmented per epoch when ``train``, this rank's share under torchrun."""
+
+    batch_size: int  # images per batch; when training, the global batch of which this rank yields its share
+    mean: Sequence[float]  # per-channel normalisation on the 0..1 scale
+    std: Sequence[float]
+    train: bool  # shuffle per epoch and augment; False: the images in order, as they are
+    seed: int = 0  # with the epoch, the whole order and every draw (utils.data.sampling.epoch_seed)
+    device: torch.device | str = "cpu"  # where the images are held and the batches are made
+    augmentation: Augmentation | None = Augmentation()  # training only; None: shuffle only
+    channels_last: bool = False  # yield channels-last tensors
+    rank: int = 0  # this process among ``world`` (training only: a test split is sharded by the caller)
+    world: int = 1
 
 
 @dataclass(frozen=True)
@@ -160,11 +178,11 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 class DeviceLoader:
     """Batches ``(images, labels)`` made on ``device`` from uint8 images held there; a drop-in for the DataLoaders
-    of :func:`utils.data.datasets.build_loaders` (see the module docstring for what is the same and what differs).
+    of :func:`utils.data.loaders.build_loaders` (see the module docstring for what is the same and what differs).
 
-    ``images``: uint8 (N, C, H, W), tensor or array; ``labels``: (N,) integers. ``train=True`` shuffles per epoch and
-    augments with ``augmentation`` (``None``: shuffle only); ``train=False`` yields the images in order, as they are.
-    ``mean``/``std``: per-channel normalisation on the 0..1 scale. ``channels_last`` yields channels-last tensors.
+    ``images``: uint8 (N, C, H, W), tensor or array; ``labels``: (N,) integers; ``spec``: batch size, normalisation,
+    order, augmentation, device and rank (:class:`LoaderSpec`). ``spec.train`` shuffles per epoch and augments with
+    ``spec.augmentation`` (``None``: shuffle only); otherwise the images come in order, as they are.
 
     ``len(loader)`` is the number of batches of the next pass (``ceil((N - start) / batch_size)``, as a DataLoader
     over a ``SeededSampler``); ``loader.sampler.set_epoch(epoch, start)`` (or ``loader.set_epoch``) picks the epoch.
@@ -172,43 +190,42 @@ class DeviceLoader:
 
     generator = None  # no worker base seed to set: what start_epoch_order looks for on a DataLoader
 
-    def __init__(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int], *,
-                 batch_size: int, mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0,
-                 device: torch.device | str = "cpu", augmentation: Augmentation | None = Augmentation(),
-                 channels_last: bool = False, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int],
+                 spec: LoaderSpec) -> None:
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels, dtype=torch.int64)
+        mean, std, batch_size, world = spec.mean, spec.std, spec.batch_size, spec.world
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must be one per image ({len(images)}), got shape {tuple(labels.shape)}")
         if len(mean) != images.shape[1] or len(std) != images.shape[1] or min(std) <= 0:
             raise ValueError(f"mean/std: one value per channel ({images.shape[1]}), std > 0; got {mean} / {std}")
-        if not isinstance(batch_size, int) or batch_size < 1 or (train and batch_size % world):
+        if not isinstance(batch_size, int) or batch_size < 1 or (spec.train and batch_size % world):
             raise ValueError(f"batch_size must be a positive integer (divisible by world={world} when training), got "
                              f"{batch_size!r}")
-        self.device = torch.device(device)
+        self.device = torch.device(spec.device)
         self.images = images.to(self.device).contiguous()  # the one host-to-device copy of the pixels
         self.labels = labels.to(self.device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
-        self.batch_size, self.train, self.channels_last = batch_size, train, channels_last
-        self.rank, self.world = (rank, world) if train else (0, 1)  # a test split is sharded by the caller
-        self.augmentation = augmentation if train else None
-        self.sampler = EpochOrder(len(images), seed, shuffle=train, augmentation=self.augmentation)
+        self.batch_size, self.train, self.channels_last = batch_size, spec.train, spec.channels_last
+        self.rank, self.world = (spec.rank, world) if spec.train else (0, 1)  # a test split is sharded by the caller
+        self.augmentation = spec.augmentation if spec.train else None
+        self.sampler = EpochOrder(len(images), spec.seed, shuffle=spec.train, augmentation=self.augmentation)
 
     @classmethod
     def from_cifar_root(cls, root: str, *, train: bool, batch_size: int, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, **kwargs: Any) -> DeviceLoader:
         """The training (``train``) or test split of ``<root>/cifar-10-batches-py``, read and checked by
-        :mod:`utils.data.datasets` (a missing or damaged file is the same one-line UserError), normalised with
-        ``mean``/``std``
-        (default: CIFAR-10's). ``kwargs``: ``seed``, ``device``, ``augmentation``, ``channels_last``."""
+        :mod:`utils.data.cifar` (a missing or damaged file is the same one-line UserError), normalised with
+        ``mean``/``std`` (default: CIFAR-10's). ``kwargs``: the other fields of :class:`LoaderSpec` (``seed``,
+        ``device``, ``augmentation``, ``channels_last``...)."""
         default_mean, default_std = default_mean_std("cifar10")
         mean, std = mean or default_mean, std or default_std
         bundle = build_datasets("cifar10", root, mean=mean, std=std, train=train)
         images, labels = dataset_uint8(bundle.train if train else bundle.test, bundle.input_size[1])
-        return cls(images, labels, batch_size=batch_size, mean=mean, std=std, train=train, **kwargs)
+        return cls(images, labels, LoaderSpec(batch_size=batch_size, mean=mean, std=std, train=train, **kwargs))
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Same as ``loader.sampler.set_epoch``: the next pass is epoch ``epoch``, from position ``start``."""
@@ -345,13 +362,13 @@ def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: tor
                          test_batch_size: int | None = None, channels_last: bool = False, rank: int = 0,
                          world: int = 1) -> tuple[DeviceLoader | None, DeviceLoader]:
     """Train (None if ``bundle.train`` is None) and test :class:`DeviceLoader`s for a
-    :class:`~utils.data.datasets.DataBundle`,
-    with the augmentation and normalisation read from the bundle's own transforms (the torchvision path's, exactly);
-    a pipeline it cannot reproduce is a UserError that says to use ``data.loader: "torchvision"``.
+    :class:`~utils.data.catalog.DataBundle`, with the augmentation and normalisation read from the bundle's own
+    transforms (the torchvision path's, exactly); a pipeline it cannot reproduce is a UserError that says to use
+    ``data.loader: "torchvision"``.
 
     ``rank`` of ``world`` (torchrun): ``batch_size`` is the global batch, of which the training loader yields this
     rank's share of every step; the test loader holds a contiguous part of the test set (as
-    :func:`utils.data.datasets.build_loaders` does)."""
+    :func:`utils.data.loaders.build_loaders` does)."""
     if batch_size < 1 or (test_batch_size is not None and test_batch_size < 1):
         raise UserError(f"data.batch_size/data.test_batch_size: expected positive integers (images per batch), got "
                         f"{batch_size} / {test_batch_size}")
@@ -365,12 +382,13 @@ def build_device_loaders(bundle: Any, *, batch_size: int, seed: int, device: tor
     if world > 1:
         lo, hi = shard_bounds(len(images), rank, world)
         images, labels = images[lo:hi], labels[lo:hi]
-    test_loader = DeviceLoader(images, labels, batch_size=test_batch_size or batch_size, mean=test.mean, std=test.std,
-                               train=False, seed=seed, device=device, channels_last=channels_last)
+    test_loader = DeviceLoader(images, labels, LoaderSpec(
+        batch_size=test_batch_size or batch_size, mean=test.mean, std=test.std, train=False, seed=seed, device=device,
+        channels_last=channels_last))
     train_loader = None
     if bundle.train is not None and spec is not None:
         images, labels = dataset_uint8(bundle.train, side)
-        train_loader = DeviceLoader(images, labels, batch_size=batch_size, mean=spec.mean, std=spec.std, train=True,
-                                    seed=seed, device=device, augmentation=spec.augmentation,
-                                    channels_last=channels_last, rank=rank, world=world)
+        train_loader = DeviceLoader(images, labels, LoaderSpec(
+            batch_size=batch_size, mean=spec.mean, std=spec.std, train=True, seed=seed, device=device,
+            augmentation=spec.augmentation, channels_last=channels_last, rank=rank, world=world))
     return train_loader, test_loader
