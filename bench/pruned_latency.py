@@ -2,7 +2,7 @@
 MACs ratio 0.66).
 
     python bench/pruned_latency.py --device cuda
-    python bench/pruned_latency.py --device cpu --threads 1 --rounds 3       # a loaded CPU: see utils/profile.py
+    python bench/pruned_latency.py --device cpu --threads 1 --rounds 3       # a loaded CPU: see utils/report/profile.py
 
 The pruned model is made as ``pruner_exp.py`` makes it: the experiment file's filter spec
 (``experiments/prune/cifar10_filter_prune_vgg16_bn.json``: half the filters of conv1 and conv8-conv13) applied by

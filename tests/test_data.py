@@ -1,4 +1,4 @@
-"""Tests of ``utils/data.py``: real on-disk formats written small, properties of the transforms, clear user errors."""
+"""Tests of ``utils/data/``: real on-disk formats written small, properties of the transforms, clear user errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of ``utils/device_data.py``: the device-resident loader against the torchvision path it replaces.
+"""Tests of ``utils/data/device.py``: the device-resident loader against the torchvision path it replaces.
 
 Exactness (a given offset and flip gives torchvision's tensor bit for bit), statistics (offsets uniform over 0..8 and
 flips at 0.5 in *both* paths, measured from the images they yield; matching per-channel mean/std), the order and

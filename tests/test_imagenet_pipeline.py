@@ -1,4 +1,4 @@
-"""The ImageNet input pipeline of ``utils/data.py``: per-batch normalisation gives the per-image pipeline's numbers bit
+"""The ImageNet input pipeline of ``utils/data/``: per-batch normalisation gives the per-image pipeline's numbers bit
 for bit, the seeded contract holds with workers, the tensor (torchvision.io + transforms.v2) pipeline draws the same
 crops as PIL's, the torchvision.io guard falls back to PIL, and the benchmark's replicated tree is what it claims.
 
@@ -125,7 +125,7 @@ def test_loaders_give_the_per_image_pipelines_batches(jpeg_tree: Path) -> None:
 
 @pytest.mark.parametrize("decode", folder.FOLDER_DECODERS)
 def test_same_batches_with_0_and_2_workers(jpeg_tree: Path, decode: str) -> None:
-    """The seeded contract (utils/sampling.py): batches depend on (seed, epoch) only, whatever the workers."""
+    """The seeded contract (utils/data/sampling.py): batches depend on (seed, epoch) only, whatever the workers."""
     with pytest.warns(UserWarning) if decode == "torchvision" and torchvision_io_problem() else _no_warning():
         bundle = _bundle(jpeg_tree, decode)
     runs = []
@@ -223,7 +223,7 @@ def test_unknown_decoder_is_a_user_error(jpeg_tree: Path) -> None:
 
 
 def test_small_images_keep_the_plain_pipeline(tmp_path: Path) -> None:
-    """CIFAR-like folders stay plain ImageFolders: utils/device_data.py reads their transforms, and their loaders
+    """CIFAR-like folders stay plain ImageFolders: utils/data/device.py reads their transforms, and their loaders
     are unchanged."""
     write_jpeg_tree(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
     bundle = build_datasets("imagefolder", str(tmp_path), mean=MEAN, std=STD, image_size=32)

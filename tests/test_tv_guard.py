@@ -1,4 +1,4 @@
-"""Tests of ``utils/tv.py``, the guard that lets torchvision import next to a CPU-only torch."""
+"""Tests of ``utils/core/tvguard.py``, the guard that lets torchvision import next to a CPU-only torch."""
 
 from __future__ import annotations
 
