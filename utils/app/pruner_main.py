@@ -60,7 +60,7 @@ from utils.core.rundir import RunDir
 from utils.report.plots import plot_lines
 from utils.report.profile import compare_latency, profile_model, reduction
 from utils.train.engine import evaluate
-from utils.train.fit import FitResult, StepHook, fit, resume_point
+from utils.train.fit import FitResult, Loaders, RunTarget, ScheduleHooks, StepHook, fit, resume_point
 from utils.train.interrupt import RunInterrupted
 
 
@@ -101,11 +101,12 @@ class Session:
         print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
               + ("; pruned weights held at zero)" if masks else ")"))
         try:
-            return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader,
-                       optim=optim, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
-                       masks=masks, visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix),
-                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run,
-                       on_step=on_step, epoch_offset=epoch_offset, best_after=best_after)
+            target = RunTarget(run=run, arch=arch, config=self.config, seed=cfg.seed, metrics_run=self.run,
+                               extra_record=extra, print_freq=cfg.print_freq,
+                               visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix))
+            return fit(model, loaders=Loaders(train=self.data.train_loader, test=self.data.test_loader),
+                       optim=optim, device=self.device, target=target, masks=masks, resume=resume,
+                       schedule=ScheduleHooks(on_step=on_step, epoch_offset=epoch_offset, best_after=best_after))
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
