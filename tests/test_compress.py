@@ -30,7 +30,7 @@ from utils.checkpoint.compress import (
     is_compressed_checkpoint,
     save_compressed,
 )
-from utils.checkpoint.format import make_checkpoint
+from utils.checkpoint.format import TrainingState, make_checkpoint
 from utils.checkpoint.load import check_checkpoint, load_checkpoint, load_compressed, load_toolkit_checkpoint
 from utils.core.errors import UserError
 
@@ -346,7 +346,7 @@ def test_training_state_kept_on_request(pruned, tmp_path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     optimizer.step()
-    ckpt = make_checkpoint(model=model, arch=ARCH, config={}, optimizer=optimizer, epoch=3)
+    ckpt = make_checkpoint(model=model, arch=ARCH, config={}, training=TrainingState(epoch=3, optimizer=optimizer))
     save_compressed(tmp_path / "c.cpth", ckpt, keep_training_state=True)
     back = load_compressed(tmp_path / "c.cpth")
     assert back["epoch"] == 3 and back["rng"] is not None

@@ -144,15 +144,16 @@ def fit_float64(rank: int, world: int, port: int, folder: str, out: str) -> None
     from utils.config.schema import OptimConfig
     from utils.core import distributed
     from utils.core.rundir import RunDir
-    from utils.train.fit import fit
+    from utils.train.fit import Loaders, RunTarget, fit
 
     device, train, test = rank_device_and_loaders(folder, test_batch_size=7)
     torch.manual_seed(0)
     model = get_model("resnet20", num_classes=10).double()
     optim = OptimConfig(epochs=2, lr=0.02, momentum=0.9, weight_decay=5e-4, schedule="cosine", sync_bn=True)
     run = RunDir.create(out, "run")
-    result = fit(model, train_loader=Float64(train), test_loader=Float64(test), optim=optim, device=device, run=run,
-                 arch={"name": "resnet20", "options": {"num_classes": 10}}, config={}, seed=4)
+    result = fit(model, loaders=Loaders(train=Float64(train), test=Float64(test)), optim=optim, device=device,
+                 target=RunTarget(run=run, arch={"name": "resnet20", "options": {"num_classes": 10}}, config={},
+                                  seed=4))
     if distributed.is_main():
         torch.save({"state": model.state_dict(), "history": result.history}, Path(out) / f"result{world}.pt")
     distributed.stop()
@@ -223,7 +224,7 @@ def fit_dropout(rank: int, world: int, port: int, folder: str, out: str) -> None
     from utils.config.schema import OptimConfig
     from utils.core import distributed
     from utils.core.rundir import RunDir
-    from utils.train.fit import fit
+    from utils.train.fit import Loaders, RunTarget, fit
 
     device, train, test = rank_device_and_loaders(folder, test_batch_size=10)
 
@@ -236,8 +237,8 @@ def fit_dropout(rank: int, world: int, port: int, folder: str, out: str) -> None
         run = RunDir(Path(out) / name)
         run.path.mkdir(parents=True, exist_ok=True)
         optim = OptimConfig(epochs=epochs, lr=0.05, momentum=0.9, schedule="constant")
-        fit(model, train_loader=train, test_loader=test, optim=optim, device=device, run=run, arch={}, config={},
-            seed=4, resume=resume)
+        fit(model, loaders=Loaders(train=train, test=test), optim=optim, device=device,
+            target=RunTarget(run=run, arch={}, config={}, seed=4), resume=resume)
         distributed.barrier()
         return run.path / "last.pth"
 

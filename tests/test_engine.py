@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from utils.core.errors import UserError
-from utils.train.engine import TrainingDiverged, evaluate, train_one_epoch
+from utils.train.engine import StepOptions, TrainingDiverged, evaluate, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -188,7 +188,7 @@ def test_print_freq_prints_the_running_mean(capsys: pytest.CaptureFixture[str]):
     model = make_model()
     model.drop.p = 0.0
     twin = copy.deepcopy(model)
-    train_one_epoch(model, batches, nn.CrossEntropyLoss(), sgd(model), CPU, epoch=7, print_freq=2)
+    train_one_epoch(model, batches, nn.CrossEntropyLoss(), sgd(model), CPU, epoch=7, options=StepOptions(print_freq=2))
     losses, _, _ = replica_epoch(twin, batches, sgd(twin))
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["Epoch 7 step 2", "Epoch 7 step 4"]

@@ -202,7 +202,7 @@ class Tiny(nn.Module):
 
 def test_agp_through_fit_holds_zeros_after_every_step_and_reaches_the_target(tmp_path: Path) -> None:
     from utils.config.schema import OptimConfig
-    from utils.train.fit import fit
+    from utils.train.fit import Loaders, RunTarget, ScheduleHooks, fit
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(40, 3, 8, 8), torch.randint(0, 4, (40,)))
@@ -221,10 +221,11 @@ def test_agp_through_fit_holds_zeros_after_every_step_and_reaches_the_target(tmp
         seen.append((step, sum(int((~m).sum()) for m in outcome.masks.values())))
         return outcome.masks
 
-    result = fit(model, train_loader=loader, test_loader=loader, optim=OptimConfig(epochs=3, lr=0.05),
-                 device=torch.device("cpu"), run=RunDir(tmp_path), arch={"name": "tiny", "options": {}}, config={},
-                 seed=0, masks=compute_masks(model, 0.0, "global").masks, on_step=on_step,
-                 best_after=plan.first_epoch_at_final(len(loader)))
+    result = fit(model, loaders=Loaders(train=loader, test=loader), optim=OptimConfig(epochs=3, lr=0.05),
+                 device=torch.device("cpu"),
+                 target=RunTarget(run=RunDir(tmp_path), arch={"name": "tiny", "options": {}}, config={}, seed=0),
+                 masks=compute_masks(model, 0.0, "global").masks,
+                 schedule=ScheduleHooks(on_step=on_step, best_after=plan.first_epoch_at_final(len(loader))))
     n = sum(p.numel() for _, p in prunable_weights(model).values())
     assert [s for s, _ in seen] == [2, 4, 6, 8, 10]
     counts = [c for _, c in seen]

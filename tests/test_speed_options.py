@@ -20,7 +20,7 @@ from torch import nn
 from utils.config.schema import OptimConfig
 from utils.core.rundir import RunDir
 from utils.data.device import DeviceLoader, LoaderSpec
-from utils.train.fit import fit
+from utils.train.fit import Loaders, RunTarget, fit
 
 # torch.compile's CPU backend calls a deprecated torch.jit helper of its own.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -50,8 +50,9 @@ def train(tmp_path: Path, name: str, *, masks: dict[str, torch.Tensor] | None = 
     optim = OptimConfig(epochs=options.pop("epochs", 2), lr=0.02, momentum=0.9, weight_decay=5e-4, **options)
     run = RunDir(tmp_path / name)
     run.path.mkdir(exist_ok=True)
-    result = fit(model, train_loader=train_loader, test_loader=test_loader, optim=optim, device=torch.device("cpu"),
-                 run=run, arch={"name": "tiny", "options": {}}, config={}, seed=0, masks=masks, resume=resume)
+    result = fit(model, loaders=Loaders(train=train_loader, test=test_loader), optim=optim, device=torch.device("cpu"),
+                 target=RunTarget(run=run, arch={"name": "tiny", "options": {}}, config={}, seed=0), masks=masks,
+                 resume=resume)
     return model, result
 
 

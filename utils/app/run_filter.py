@@ -34,6 +34,7 @@ from utils.checkpoint.load import load_toolkit_checkpoint
 from utils.core.rundir import RunDir
 from utils.report.profile import compare_latency, profile_model, reduction
 from utils.report.tables import format_before_after, format_export_table, format_filter_rounds
+from utils.train.fit import ScheduleHooks
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _filter_iterative(s: Session) -> FilterDone:
                                    metrics=stats)
         result = s.finetune(model, run=s.run if last else RunDir(s.run / f"round{i}"), arch=arch, masks=None,
                             prefix=f"round {i} ", extra={"round": i}, optim=optim,
-                            epoch_offset=(i - 1) * per_round)
+                            schedule=ScheduleHooks(epoch_offset=(i - 1) * per_round))
         record = {"round": i, "widths": widths, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
                   "top1_finetuned": result.last["top1"], "top5_finetuned": result.last["top5"]}
         s.run.append_metrics({"phase": "round", **record})
@@ -183,8 +184,8 @@ def _filter_agp(s: Session) -> FilterDone:
     print(f"Pruning gradually: {agp.steps} pruning steps, every {agp.frequency} of the {agp.total_steps} "
           f"optimizer steps, the last at step {agp.last_step}")
     result = s.finetune(model, run=s.run, arch=s.loaded.arch, masks=filter_masks(model, plan, {}),
-                        prefix="retrain ", on_step=on_step,
-                        best_after=agp.first_epoch_at_final(len(s.data.train_loader)))
+                        prefix="retrain ", schedule=ScheduleHooks(
+                            on_step=on_step, best_after=agp.first_epoch_at_final(len(s.data.train_loader))))
     print(f"\nAverage test accuracy: {result.average_top1:.4f}")
     assert result.masks is not None
     removed = masked_filters(plan, result.masks)

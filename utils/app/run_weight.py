@@ -43,7 +43,7 @@ from utils.report.tables import (
     format_rounds_tables,
     format_sweep_table,
 )
-from utils.train.fit import FitResult
+from utils.train.fit import FitResult, ScheduleHooks
 
 
 @METHODS.register("weight")
@@ -167,7 +167,7 @@ def _weight_iterative(s: Session, model: nn.Module, percent: float) -> dict[str,
         checkpoint = s.save_pruned(model, f"{where}/pruned.pth", arch=s.loaded.arch, masks=masks, metrics=stats)
         result = s.finetune(model, run=RunDir(s.run / where), arch=s.loaded.arch, masks=masks,
                             prefix=f"{folder} round {i} ", extra={"prune_percent": percent, "round": i},
-                            optim=optim, epoch_offset=(i - 1) * per_round)
+                            optim=optim, schedule=ScheduleHooks(epoch_offset=(i - 1) * per_round))
         masks = result.masks
         record = {"round": i, "ratio": ratio, "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"],
                   "top1_finetuned": result.last["top1"], "top5_finetuned": result.last["top5"],
@@ -220,8 +220,8 @@ def _weight_agp(s: Session, model: nn.Module, percent: float) -> dict[str, Any]:
     print(f"Pruning {percent:g} gradually: {plan.steps} pruning steps, every {plan.frequency} of the "
           f"{plan.total_steps} optimizer steps, the last at step {plan.last_step}")
     result = s.finetune(model, run=RunDir(s.run / folder), arch=s.loaded.arch, masks=start,
-                        prefix=f"{folder} ", extra={"prune_percent": percent}, on_step=on_step,
-                        best_after=plan.first_epoch_at_final(len(s.data.train_loader)))
+                        prefix=f"{folder} ", extra={"prune_percent": percent}, schedule=ScheduleHooks(
+                            on_step=on_step, best_after=plan.first_epoch_at_final(len(s.data.train_loader))))
     pruned_path = s.run / f"{folder}/pruned.pth"
     at_last = _load_reached(pruned_path, s.cfg.model.arch)  # written by this run, or before it was resumed
     row: dict[str, Any] = {"prune_percent": percent, "top1": at_last["metrics"]["top1"],

@@ -21,7 +21,7 @@ from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
 from utils.core.rundir import RunDir
 from utils.train.engine import evaluate
-from utils.train.fit import FitResult, StepHook, fit, resume_point
+from utils.train.fit import FitResult, Loaders, RunTarget, ScheduleHooks, fit, resume_point
 from utils.train.interrupt import RunInterrupted
 
 
@@ -45,8 +45,9 @@ class Session:
 
     def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
                  prefix: str = "", extra: dict[str, Any] | None = None, optim: OptimConfig | None = None,
-                 on_step: StepHook | None = None, epoch_offset: int = 0, best_after: int = 0) -> FitResult:
-        """Retrain ``model`` (``optim``: default ``retrain``) into ``run``; the rest goes to :func:`fit`.
+                 schedule: ScheduleHooks | None = None) -> FitResult:
+        """Retrain ``model`` (``optim``: default ``retrain``) into ``run``; the rest goes to :func:`fit`
+        (``schedule``: a pruning schedule's step hook and epochs, :class:`~utils.train.fit.ScheduleHooks`).
 
         When resuming, a ``last.pth`` in ``run`` means this retraining had started: it goes on from there
         (weights and masks from the file), and a complete one returns at once with its history.
@@ -62,11 +63,12 @@ class Session:
         print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
               + ("; pruned weights held at zero)" if masks else ")"))
         try:
-            return fit(model, train_loader=self.data.train_loader, test_loader=self.data.test_loader,
-                       optim=optim, device=self.device, run=run, arch=arch, config=self.config, seed=cfg.seed,
-                       masks=masks, visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix),
-                       print_freq=cfg.print_freq, resume=resume, extra_record=extra, metrics_run=self.run,
-                       on_step=on_step, epoch_offset=epoch_offset, best_after=best_after)
+            target = RunTarget(run=run, arch=arch, config=self.config, seed=cfg.seed, metrics_run=self.run,
+                               extra_record=extra, print_freq=cfg.print_freq,
+                               visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix))
+            return fit(model, loaders=Loaders(train=self.data.train_loader, test=self.data.test_loader),
+                       optim=optim, device=self.device, target=target, masks=masks, resume=resume,
+                       schedule=schedule or ScheduleHooks())
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
@@ -79,9 +81,7 @@ class Session:
         return str(self.run / path)
 
 
-
 METHODS: Registry[Callable[[Session], None]] = Registry("pruning method")  # prune.method -> its runner
-
 
 
 @contextlib.contextmanager
@@ -96,11 +96,9 @@ def results_kept_on_error(s: Session) -> Iterator[None]:
                         f"{' '.join(s.export)} exports again without retraining)") from None
 
 
-
 def agp_plan_for(cfg: ExperimentConfig, data: Data, final: float) -> Any:
     return agp_plan(final, epochs=cfg.retrain.epochs, steps_per_epoch=len(data.train_loader),
                     frequency=cfg.prune.frequency, end=cfg.prune.agp_end)
-
 
 
 def schedule_title(cfg: ExperimentConfig) -> str:
@@ -114,7 +112,6 @@ def schedule_title(cfg: ExperimentConfig) -> str:
     return ""
 
 
-
 def schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
     p = cfg.prune
     record: dict[str, Any] = {"name": p.schedule, "retrain_epochs": cfg.retrain.epochs}
@@ -125,20 +122,16 @@ def schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
     return record
 
 
-
 def percent_text(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
 
 
 def sparsity_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "layers"}
 
 
-
 def example_input(input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
     return torch.zeros(1, *input_size, device=device)  # shapes only; no draw from the global RNG
-
 
 
 def filter_options(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from utils.core.errors import UserError
 from utils.core.provenance import provenance
 from utils.core.rundir import RunDir
 from utils.train.engine import evaluate
-from utils.train.fit import fit, resume_point
+from utils.train.fit import Loaders, RunTarget, fit, resume_point
 
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
@@ -63,9 +63,11 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     if resume is None:
         run.write_json("config.json", config)
     logger = make_visdom(cfg, visdom)
-    result = fit(model, train_loader=data.train_loader, test_loader=data.test_loader, optim=cfg.train, device=device,
-                 run=run, arch=loaded.arch, config=config, seed=cfg.seed, masks=loaded.masks, visdom=logger,
-                 resume=loaded.checkpoint if resume is not None else None, print_freq=cfg.print_freq)
+    target = RunTarget(run=run, arch=loaded.arch, config=config, seed=cfg.seed, print_freq=cfg.print_freq,
+                       visdom=logger)
+    result = fit(model, loaders=Loaders(train=data.train_loader, test=data.test_loader), optim=cfg.train,
+                 device=device, target=target, masks=loaded.masks,
+                 resume=loaded.checkpoint if resume is not None else None)
     if result.epochs_run:
         print(f"\nAverage test accuracy: {result.average_top1:.4f}")
         print(f"Best test accuracy: {result.best_top1:.4f}")

@@ -34,6 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from utils.core.choices import EXPORT_FORMATS
 from utils.core.errors import UserError
 from utils.core.files import atomic_write_bytes
 
-__all__ = ["CHECK_BATCHES", "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "INPUT_NAME", "OUTPUT_NAME",
+__all__ = ["CHECK_BATCHES", "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "INPUT_NAME", "OUTPUT_NAME", "Comparison",
            "export_model", "export_onnx", "onnx_conv_weight_shapes"]
 
 # Opset 18: the lowest the torch.export-based exporter writes, within the TorchScript exporter's range (<= 20),
@@ -132,22 +133,32 @@ def _compare(model: nn.Module, data: bytes, input_size: tuple[int, ...], device:
     return worst, scale
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """How the check of :func:`export_onnx` compares onnxruntime with PyTorch: on random inputs drawn from ``seed``,
+    allowing ``atol + rtol * max|logit|``."""
+
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    seed: int = 0
+
+
 def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] = (3, 32, 32), *, check: bool = True,
-                opset: int = DEFAULT_OPSET, dynamo: bool = False, atol: float = DEFAULT_ATOL,
-                rtol: float = DEFAULT_RTOL, seed: int = 0) -> dict[str, Any]:
+                opset: int = DEFAULT_OPSET, dynamo: bool = False, compare: Comparison | None = None) -> dict[str, Any]:
     """Export ``model`` to the ONNX file ``path`` with a dynamic batch dimension; return a report.
 
     ``input_size``: ``(C, H, W)`` of one image (CIFAR models 3x32x32, torchvision ImageNet models 3x224x224).
     ``check``: before writing, validate the graph with ``onnx.checker`` and, when onnxruntime is installed, run
-    it on random inputs (``seed``) at batch sizes :data:`CHECK_BATCHES`; a difference from PyTorch above
-    ``atol + rtol * max|logit|`` is a UserError and nothing is written. ``dynamo``: use the torch.export-based
-    exporter (needs onnxscript).
+    it on random inputs (``compare.seed``) at batch sizes :data:`CHECK_BATCHES`; a difference from PyTorch above
+    ``compare.atol + compare.rtol * max|logit|`` is a UserError and nothing is written (``compare``: default
+    :class:`Comparison`). ``dynamo``: use the torch.export-based exporter (needs onnxscript).
 
     Report: ``{"path", "bytes", "opset", "exporter" ("torchscript" | "dynamo"), "input": [name, shape],
     "output": [name, shape], "checked" (bool), "max_abs_diff" (float, or None unchecked), "max_abs_output",
     "tolerance" (what max_abs_diff had to stay within), "onnxruntime" (version or None), "seconds" (the export
     alone)}`` with ``"batch"`` for the dynamic dimension.
     """
+    compare = compare or Comparison()
     input_size = _check_input_size(input_size)
     onnx = _require("onnx", _INSTALL, "ONNX export")
     if dynamo:
@@ -180,8 +191,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] = 
             except ImportError:
                 ort = None  # exported but not run: the report says so
             if ort is not None:
-                diff, scale = _compare(model, data, input_size, device, seed, ort)
-                tolerance = atol + rtol * scale
+                diff, scale = _compare(model, data, input_size, device, compare.seed, ort)
+                tolerance = compare.atol + compare.rtol * scale
                 if not diff <= tolerance:
                     raise UserError(f"ONNX export of {type(model).__name__}: onnxruntime differs from PyTorch by "
                                     f"{diff:.3g} (> {tolerance:.3g}); the file was not written. Try dynamo=True, "
@@ -200,7 +211,7 @@ def onnx_conv_weight_shapes(path_or_bytes: str | Path | bytes) -> list[tuple[int
     The weight is an initializer, or for graphs that keep it as a node output a Constant node's tensor.
     """
     onnx = _require("onnx", _INSTALL, "reading an ONNX file")
-    from onnx import numpy_helper
+    numpy_helper = _require("onnx.numpy_helper", _INSTALL, "reading an ONNX file")
 
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
     graph = onnx.load_from_string(data).graph

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,11 +54,23 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_checkpoint(*, model: torch.nn.Module, arch: dict[str, Any], config: dict[str, Any], epoch: int = 0,
-                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                    masks: dict[str, torch.Tensor] | None = None, best_top1: float | None = None,
-                    metrics: dict[str, float] | None = None, device: torch.device | None = None) -> dict[str, Any]:
-    """Assemble a checkpoint dict (see the module docstring)."""
+@dataclass(frozen=True)
+class TrainingState:
+    """Where a training stands, for a checkpoint that can continue it (the default: none begun)."""
+
+    epoch: int = 0  # epochs completed
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None  # the LR schedule (any object with state_dict())
+    best_top1: float | None = None
+
+
+def make_checkpoint(*, model: torch.nn.Module, arch: dict[str, Any], config: dict[str, Any],
+                    masks: dict[str, torch.Tensor] | None = None, metrics: dict[str, float] | None = None,
+                    device: torch.device | None = None, training: TrainingState | None = None) -> dict[str, Any]:
+    """Assemble a checkpoint dict (see the module docstring); ``training`` fills its optimizer, scheduler, epoch
+    and best_top1 (None, None, 0, None without it)."""
+    training = training or TrainingState()
+    optimizer, scheduler = training.optimizer, training.scheduler
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -66,8 +79,8 @@ def make_checkpoint(*, model: torch.nn.Module, arch: dict[str, Any], config: dic
         "masks": {k: v.cpu() for k, v in masks.items()} if masks else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": epoch,
-        "best_top1": best_top1,
+        "epoch": training.epoch,
+        "best_top1": training.best_top1,
         "metrics": metrics,
         "config": config,
         "rng": capture_rng_state(),

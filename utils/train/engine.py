@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,50 +53,66 @@ def train_step(model: nn.Module, images: torch.Tensor, target: torch.Tensor, cri
     return loss, output
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, print_freq: int = 0, meter: Meter | None = None,
-                    stop: Callable[[], bool] | None = None,
-                    on_step: Callable[[int], None] | None = None, autocast: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None,
-                    channels_last: bool = False) -> dict[str, float] | None:
-    """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
-
-    ``meter`` carries the sums of an epoch resumed in its middle (``loader`` then yields only the batches not yet
-    seen, and steps are numbered on from ``meter.steps``). When ``stop()`` turns true after a step, the epoch ends
-    there and None is returned: ``meter`` then holds what a checkpoint needs to finish the epoch later.
-    ``on_step(step)`` runs after each optimizer step (before ``stop()`` is asked), with the step's number in the
-    epoch from 1: a gradual pruning schedule prunes there.
+@dataclass(frozen=True)
+class StepOptions:
+    """How :func:`train_one_epoch` runs its steps: their speed settings, how often it prints, and what it calls
+    after each step.
 
     ``autocast``: run the forward pass and the loss under ``torch.autocast`` in that dtype (``train.amp``);
     ``scaler``: a gradient scaler for float16. ``channels_last``: the images in that memory format (the model's
-    weights should be too).
+    weights should be too). ``print_freq``: a progress line every that many steps (0: none).
+    ``on_step(step)`` runs after each optimizer step (before ``stop()`` is asked), with the step's number in the
+    epoch from 1: a gradual pruning schedule prunes there. When ``stop()`` turns true after a step, the epoch ends
+    there (see :func:`train_one_epoch`).
+    """
+
+    autocast: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+    print_freq: int = 0
+    on_step: Callable[[int], None] | None = None
+    stop: Callable[[], bool] | None = None
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, epoch: int, meter: Meter | None = None,
+                    options: StepOptions | None = None) -> dict[str, float] | None:
+    """Train for one pass over ``loader``; returns mean loss, top-1 and top-5 (in %) and the time taken.
+
+    ``meter`` carries the sums of an epoch resumed in its middle (``loader`` then yields only the batches not yet
+    seen, and steps are numbered on from ``meter.steps``). When ``options.stop()`` turns true after a step, the epoch
+    ends there and None is returned: ``meter`` then holds what a checkpoint needs to finish the epoch later.
+    ``options`` (:class:`StepOptions`, default: plain float32 steps, no printing, no hooks) also holds the speed
+    settings and ``on_step``.
 
     Pruning masks are held by optimizer hooks (:class:`pruning.masks.MaskKeeper`), so this loop does not
     need to know whether the model is pruned. Under torchrun ``model`` is the DDP-wrapped one; the statistics
     returned are over all ranks.
     """
+    options = options or StepOptions()
     model.train()
     meter = meter or Meter(device)
     start = time.perf_counter()
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    memory_format = torch.channels_last if options.channels_last else torch.preserve_format
     check_each_step = device.type == "cpu" and not distributed.active()  # a CPU scalar costs nothing to read
     iterator, bar = _progress(loader, f"epoch {epoch} train", initial=meter.steps)
     for step, (images, target) in enumerate(iterator, start=meter.steps + 1):
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         target = target.to(device, non_blocking=True)
-        loss, output = train_step(model, images, target, criterion, optimizer, autocast=autocast, scaler=scaler)
+        loss, output = train_step(model, images, target, criterion, optimizer, autocast=options.autocast,
+                                  scaler=options.scaler)
         meter.update(loss, output, target)
         meter.note_finite(loss, step)
         if check_each_step:
             check_finite(meter, epoch)
-        if print_freq and step % print_freq == 0:
+        if options.print_freq and step % options.print_freq == 0:
             check_finite(meter, epoch)
             stats = meter.reduced().result()
             line = f"Epoch {epoch} step {step}: loss {stats['loss']:.4f}, top1 {stats['top1']:.2f}"
             print(line, flush=True) if bar is None else bar.set_postfix_str(line)
-        if on_step is not None:
-            on_step(step)
-        if stop is not None and stop():
+        if options.on_step is not None:
+            options.on_step(step)
+        if options.stop is not None and options.stop():
             check_finite(meter, epoch)  # never save a diverged model as resumable
             if bar is not None:
                 bar.close()

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from pruning.masks import MaskKeeper
-from utils.checkpoint.format import capture_rng_state, make_checkpoint, restore_rng_state
+from utils.checkpoint.format import TrainingState, capture_rng_state, make_checkpoint, restore_rng_state
 from utils.config.schema import OptimConfig
 from utils.core import distributed
 from utils.core.files import atomic_write_bytes, checkpoint_bytes
 from utils.core.metrics import Meter
 from utils.core.rundir import RunDir
 from utils.data.sampling import epoch_seed
-from utils.train.engine import evaluate, train_one_epoch
+from utils.train.engine import StepOptions, evaluate, train_one_epoch
 from utils.train.interrupt import GracefulStop, RunInterrupted
 
 PLOTTED = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")  # per-epoch visdom lines
@@ -130,29 +130,64 @@ class FitResult:
         return sum(tail) / len(tail) if tail else float("nan")
 
 
-# on_step(optimizer steps so far, masks held now) -> masks to hold from now on, or None (see fit)
+# on_step(optimizer steps so far, masks held now) -> masks to hold from now on, or None (see ScheduleHooks)
 StepHook = Callable[[int, dict[str, torch.Tensor] | None], Mapping[str, torch.Tensor] | None]
 
 
-def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimConfig, device: torch.device,
-        run: RunDir, arch: dict[str, Any], config: dict[str, Any], seed: int,
-        masks: dict[str, torch.Tensor] | None = None, visdom: Any = None, resume: dict[str, Any] | None = None,
-        print_freq: int = 0,
-        extra_record: dict[str, Any] | None = None, metrics_run: RunDir | None = None,
-        on_step: StepHook | None = None, epoch_offset: int = 0, best_after: int = 0) -> FitResult:
+@dataclass(frozen=True)
+class Loaders:
+    """The batches :func:`fit` trains on (``train``, whose sampler sets each epoch's order) and tests on."""
+
+    train: Any
+    test: Any
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where the results of :func:`fit` go, and what they say about the run.
+
+    Checkpoints (``last.pth``, ``best.pth``) go to ``run``, each holding ``arch`` and ``config``; metrics go to
+    ``metrics_run`` (default: ``run``), so a sweep keeps one ``metrics.jsonl``, each record starting with
+    ``extra_record``. ``seed`` sets the data order and the ranks' RNG streams. ``print_freq``: a progress line every
+    that many steps (0: none); ``visdom``: a logger the epochs are plotted on, or None.
+    """
+
+    run: RunDir
+    arch: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    metrics_run: RunDir | None = None
+    extra_record: dict[str, Any] | None = None
+    print_freq: int = 0
+    visdom: Any = None
+
+
+@dataclass(frozen=True)
+class ScheduleHooks:
+    """What a pruning schedule (:mod:`pruning.schedule`) asks of :func:`fit`; the default asks nothing.
+
+    ``on_step(step, masks)`` is called after every optimizer step with the number of steps this training has taken
+    (over all its epochs, from 1; a function of the position alone, so a resumed run calls it with the numbers the
+    uninterrupted run would have) and the masks held now; the masks it returns are held from then on (and saved in
+    the checkpoints), None keeps them. ``epoch_offset``: the data order of epoch ``e`` is that of epoch
+    ``e + epoch_offset`` (the rounds of an iterative schedule continue one stream of epochs, so they see the batches
+    one retraining of the same total length sees). ``best_after``: epochs before it never become ``best.pth`` (a
+    gradual schedule has not reached its final sparsity there).
+    """
+
+    on_step: StepHook | None = None
+    epoch_offset: int = 0
+    best_after: int = 0
+
+
+def fit(model: nn.Module, *, loaders: Loaders, optim: OptimConfig, device: torch.device, target: RunTarget,
+        masks: dict[str, torch.Tensor] | None = None, resume: dict[str, Any] | None = None,
+        schedule: ScheduleHooks | None = None) -> FitResult:
     """Train ``model`` for ``optim.epochs`` epochs (continuing from ``resume``, a loaded checkpoint, if given).
 
-    With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints go to
-    ``run``; metrics to ``metrics_run`` (default: ``run``), so a sweep keeps one ``metrics.jsonl``.
-
-    For pruning schedules (:mod:`pruning.schedule`): ``on_step(step, masks)`` is called after every optimizer
-    step with the number of steps this training has taken (over all its epochs, from 1; a function of the
-    position alone, so a resumed run calls it with the numbers the uninterrupted run would have) and the masks
-    held now; the masks it returns are held from then on (and saved in the checkpoints), None keeps them.
-    ``epoch_offset``: the data order of epoch ``e`` is that of epoch ``e + epoch_offset`` (the rounds of an
-    iterative schedule continue one stream of epochs, so they see the batches one retraining of the same total
-    length sees). ``best_after``: epochs before it never become ``best.pth`` (a gradual schedule has not reached
-    its final sparsity there).
+    With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints, metrics
+    and plots go where ``target`` (:class:`RunTarget`) says; ``schedule`` (:class:`ScheduleHooks`) lets a pruning
+    schedule change the masks as training goes.
 
     Speed (``optim``'s ``amp``, ``channels_last``, ``compile``): the weights are converted to channels-last in place;
     the training steps run through ``torch.compile`` of the model; evaluation and checkpoints use ``model`` itself.
@@ -163,29 +198,78 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
     its epoch (step, running sums, RNG) and :class:`~utils.train.interrupt.RunInterrupted` is raised. Resuming from it
     ends with the same weights as a run never stopped.
     """
-    metrics_run = metrics_run or run
-    criterion = nn.CrossEntropyLoss()
-    if optim.channels_last:
-        model.to(memory_format=torch.channels_last)  # in place: the same parameters, in another layout
-    optimizer, scheduler = build_optimizer(model, optim)
-    autocast, scaler = amp_settings(optim.amp, device)
-    keeper = None
-    if masks:
-        keeper = MaskKeeper(model, masks)
-        keeper.attach(optimizer)
-    start_epoch, best_top1, history, progress = 0, float("-inf"), [], None
-    if resume is None:
-        distributed.seed_ranks(seed)
-    else:
+    state = _Fit(model, loaders=loaders, optim=optim, device=device, target=target,
+                 schedule=schedule or ScheduleHooks(), masks=masks)
+    start_epoch, progress = state.restore(resume)
+    restore_batchnorm = state.prepare_steps()
+    try:
+        with GracefulStop() as stop:
+            stopping = _StopVote(stop)
+            for epoch in range(start_epoch, optim.epochs):  # progress: the epoch the run was stopped in, if any
+                state.run_epoch(epoch, progress if epoch == start_epoch else None, stopping)
+    finally:
+        if state.keeper is not None:
+            state.keeper.detach()
+        if restore_batchnorm is not None:
+            restore_batchnorm()
+    state.result.masks = state.masks
+    return state.result
+
+
+class _StopVote:
+    """Whether to stop after this step: every rank asks after every step, and all get the same answer (``signum``:
+    the signal that asked on some rank, or 0)."""
+
+    def __init__(self, stop: GracefulStop) -> None:
+        self.stop = stop
+        self.signum = 0
+
+    def __call__(self) -> bool:
+        self.signum = distributed.vote_max(self.stop.requested or 0)
+        return self.signum != 0
+
+
+class _Fit:
+    """One call of :func:`fit` under way: what its steps, its epochs' bookkeeping and its checkpoints share.
+
+    ``masks`` and ``keeper`` change when a schedule's step hook prunes; ``scheduler`` when a run resumes.
+    """
+
+    def __init__(self, model: nn.Module, *, loaders: Loaders, optim: OptimConfig, device: torch.device,
+                 target: RunTarget, schedule: ScheduleHooks, masks: dict[str, torch.Tensor] | None) -> None:
+        self.model, self.loaders, self.optim, self.device = model, loaders, optim, device
+        self.target, self.schedule = target, schedule
+        self.metrics_run = target.metrics_run or target.run
+        self.criterion = nn.CrossEntropyLoss()
+        if optim.channels_last:
+            model.to(memory_format=torch.channels_last)  # in place: the same parameters, in another layout
+        self.optimizer, self.scheduler = build_optimizer(model, optim)
+        self.autocast, self.scaler = amp_settings(optim.amp, device)
+        self.masks, self.keeper = masks, None
+        if masks:
+            self.keeper = MaskKeeper(model, masks)
+            self.keeper.attach(self.optimizer)
+        self.result = FitResult(epochs_run=0, best_top1=float("-inf"), masks=masks)
+        self.steps_per_epoch = 0
+        self.train_model: nn.Module = model
+
+    def restore(self, resume: dict[str, Any] | None) -> tuple[int, dict[str, Any] | None]:
+        """Seed the ranks of a new run, or take up ``resume`` (optimizer, schedule, history, scaler, RNG); return the
+        epoch to start at and, for a run stopped inside it, its ``progress``."""
+        seed, optim = self.target.seed, self.optim
+        if resume is None:
+            distributed.seed_ranks(seed)
+            return 0, None
         if resume.get("optimizer"):
-            optimizer.load_state_dict(resume["optimizer"])
+            self.optimizer.load_state_dict(resume["optimizer"])
         start_epoch = int(resume.get("epoch", 0))
-        scheduler = resume_schedule(optimizer, optim, start_epoch)
-        best_top1 = resume.get("best_top1") if resume.get("best_top1") is not None else best_top1
-        history = list(resume.get("history") or [])
+        self.scheduler = resume_schedule(self.optimizer, optim, start_epoch)
+        if resume.get("best_top1") is not None:
+            self.result.best_top1 = resume["best_top1"]
+        self.result.history = list(resume.get("history") or [])
         progress = resume.get("progress")
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
+        if self.scaler is not None and resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
         if resume.get("rng"):
             restore_rng_state(resume["rng"])
         ranks_rng = resume.get("rng_ranks") or []
@@ -195,27 +279,87 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
             distributed.seed_ranks(seed + start_epoch)  # saved by another number of processes, or by none
         if start_epoch >= optim.epochs:
             print(f"The checkpoint has already completed {start_epoch} of {optim.epochs} epochs: nothing to resume.")
-    result = FitResult(epochs_run=0, best_top1=best_top1, history=history, masks=masks)
-    steps_per_epoch = len(train_loader) if on_step is not None else 0
+        return start_epoch, progress
 
-    def step_hook_for(epoch: int) -> Callable[[int], None] | None:
+    def prepare_steps(self) -> Callable[[], None] | None:
+        """Set up the model the training steps run on (synchronised BatchNorm, DDP, torch.compile); returns what
+        undoes the BatchNorm conversion, if one was made."""
+        self.steps_per_epoch = len(self.loaders.train) if self.schedule.on_step is not None else 0
+        restore_batchnorm = distributed.sync_batchnorm(self.model, self.device) if self.optim.sync_bn else None
+        self.train_model = distributed.wrap(self.model, self.device)
+        if self.optim.compile:
+            self.train_model = torch.compile(self.train_model)
+        return restore_batchnorm
+
+    def step_hook_for(self, epoch: int) -> Callable[[int], None] | None:
+        """``train_one_epoch``'s ``on_step`` for ``epoch``: the schedule's hook at the step count over all epochs."""
+        on_step = self.schedule.on_step
         if on_step is None:
             return None
 
         def hook(step: int) -> None:
-            nonlocal masks, keeper
-            new = on_step(epoch * steps_per_epoch + step, masks)
+            new = on_step(epoch * self.steps_per_epoch + step, self.masks)
             if new is None:
                 return
-            masks = dict(new)
-            if keeper is None:
-                keeper = MaskKeeper(model, masks).attach(optimizer)
+            self.masks = dict(new)
+            if self.keeper is None:
+                self.keeper = MaskKeeper(self.model, self.masks).attach(self.optimizer)
             else:
-                keeper.update(masks)
+                self.keeper.update(self.masks)
 
         return hook
 
-    def save(epoch: int, record: dict[str, Any] | None, meter: Meter | None = None,
+    def run_epoch(self, epoch: int, progress: dict[str, Any] | None, stopping: _StopVote) -> None:
+        """Train, test, record and save ``epoch`` (going on after ``progress``'s last step when the run was stopped
+        inside it); raise :class:`RunInterrupted` when a stop was asked for."""
+        start = time.perf_counter()
+        meter, earlier_seconds = Meter(self.device), 0.0
+        if progress is not None:  # the epoch the run was stopped in: go on after its last step
+            meter.load_state_dict(progress["meter"], sums=distributed.is_main())
+            earlier_seconds = float(progress.get("seconds", 0.0))
+        train_loader = self.loaders.train
+        start_epoch_order(train_loader, self.target.seed, epoch + self.schedule.epoch_offset, start_step=meter.steps)
+        lr = self.optimizer.param_groups[0]["lr"]
+        options = StepOptions(autocast=self.autocast, scaler=self.scaler, channels_last=self.optim.channels_last,
+                              print_freq=self.target.print_freq, on_step=self.step_hook_for(epoch), stop=stopping)
+        train_stats = train_one_epoch(self.train_model, train_loader, self.criterion, self.optimizer, self.device,
+                                      epoch=epoch, meter=meter, options=options)
+        if train_stats is None:
+            seconds = earlier_seconds + time.perf_counter() - start
+            self.save(epoch, None, meter, seconds)
+            raise _interrupted(stopping.signum, self.target.run, f"epoch {epoch}, step {meter.steps}")
+        train_stats["time"] += earlier_seconds
+        distributed.sync_buffers(self.model)  # one set of BatchNorm statistics to test and save
+        test_stats = evaluate(self.model, self.loaders.test, self.criterion, self.device,
+                              channels_last=self.optim.channels_last)
+        self.scheduler.step()
+        seconds = earlier_seconds + time.perf_counter() - start
+        print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
+        self.record_epoch(epoch, lr, seconds, train_stats, test_stats)
+        if stopping() and epoch + 1 < self.optim.epochs:
+            raise _interrupted(stopping.signum, self.target.run, f"the end of epoch {epoch}")
+
+    def record_epoch(self, epoch: int, lr: float, seconds: float, train_stats: dict[str, float],
+                     test_stats: dict[str, float]) -> None:
+        """Append the epoch's record to ``metrics.jsonl``, the history and the plots, and save ``last.pth`` (and
+        ``best.pth`` when its test top-1 is the best yet)."""
+        target = self.target
+        record = {**(target.extra_record or {}), "epoch": epoch, "lr": lr, "time": seconds,
+                  **{f"train_{k}": v for k, v in train_stats.items() if k != "time"},
+                  **{f"test_{k}": v for k, v in test_stats.items()}}
+        self.metrics_run.append_metrics(record)
+        self.result.history.append(record)
+        if target.visdom is not None:
+            target.visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
+        is_best = test_stats["top1"] > self.result.best_top1 and epoch >= self.schedule.best_after
+        if is_best:
+            self.result.best_top1 = test_stats["top1"]
+        data = self.save(epoch + 1, record)
+        if is_best and data is not None:
+            atomic_write_bytes(target.run / "best.pth", data)
+        self.result.epochs_run += 1
+
+    def save(self, epoch: int, record: dict[str, Any] | None, meter: Meter | None = None,
              seconds: float = 0.0) -> bytes | None:
         """``last.pth`` after ``epoch`` completed epochs, or inside the next one when ``meter`` is given (rank 0
         writes; the others return None)."""
@@ -225,77 +369,20 @@ def fit(model: nn.Module, *, train_loader: Any, test_loader: Any, optim: OptimCo
         ranks_rng = distributed.gather_object(capture_rng_state()) if distributed.world_size() > 1 else None
         if not distributed.is_main():
             return None
-        ckpt = make_checkpoint(model=model, arch=arch, config=config, epoch=epoch, optimizer=optimizer,
-                               scheduler=scheduler, masks=masks, best_top1=result.best_top1, metrics=record,
-                               device=device)
-        ckpt["history"] = result.history
-        if scaler is not None:
-            ckpt["scaler"] = scaler.state_dict()
+        training = TrainingState(epoch=epoch, optimizer=self.optimizer, scheduler=self.scheduler,
+                                 best_top1=self.result.best_top1)
+        ckpt = make_checkpoint(model=self.model, arch=self.target.arch, config=self.target.config, masks=self.masks,
+                               metrics=record, device=self.device, training=training)
+        ckpt["history"] = self.result.history
+        if self.scaler is not None:
+            ckpt["scaler"] = self.scaler.state_dict()
         if progress is not None:
             ckpt["progress"] = progress
         if ranks_rng is not None:
             ckpt["rng_ranks"] = ranks_rng
         data = checkpoint_bytes(ckpt)
-        atomic_write_bytes(run / "last.pth", data)
+        atomic_write_bytes(self.target.run / "last.pth", data)
         return data
-
-    restore_batchnorm = distributed.sync_batchnorm(model, device) if optim.sync_bn else None
-    train_model = distributed.wrap(model, device)
-    if optim.compile:
-        train_model = torch.compile(train_model)
-    signum = 0
-    try:
-        with GracefulStop() as stop:
-            def stopping() -> bool:  # every rank asks after every step, and all get the same answer
-                nonlocal signum
-                signum = distributed.vote_max(stop.requested or 0)
-                return signum != 0
-
-            for epoch in range(start_epoch, optim.epochs):
-                start = time.perf_counter()
-                meter, earlier_seconds = Meter(device), 0.0
-                if progress is not None:  # the epoch the run was stopped in: go on after its last step
-                    meter.load_state_dict(progress["meter"], sums=distributed.is_main())
-                    earlier_seconds, progress = float(progress.get("seconds", 0.0)), None
-                start_epoch_order(train_loader, seed, epoch + epoch_offset, start_step=meter.steps)
-                lr = optimizer.param_groups[0]["lr"]
-                train_stats = train_one_epoch(train_model, train_loader, criterion, optimizer, device, epoch=epoch,
-                                              print_freq=print_freq, meter=meter, stop=stopping,
-                                              on_step=step_hook_for(epoch), autocast=autocast, scaler=scaler,
-                                              channels_last=optim.channels_last)
-                if train_stats is None:
-                    seconds = earlier_seconds + time.perf_counter() - start
-                    save(epoch, None, meter, seconds)
-                    raise _interrupted(signum, run, f"epoch {epoch}, step {meter.steps}")
-                train_stats["time"] += earlier_seconds
-                distributed.sync_buffers(model)  # one set of BatchNorm statistics to test and save
-                test_stats = evaluate(model, test_loader, criterion, device, channels_last=optim.channels_last)
-                scheduler.step()
-                seconds = earlier_seconds + time.perf_counter() - start
-                print(format_epoch_line(epoch, train_stats, test_stats, seconds), flush=True)
-                record = {**(extra_record or {}), "epoch": epoch, "lr": lr, "time": seconds,
-                          **{f"train_{k}": v for k, v in train_stats.items() if k != "time"},
-                          **{f"test_{k}": v for k, v in test_stats.items()}}
-                metrics_run.append_metrics(record)
-                result.history.append(record)
-                if visdom is not None:
-                    visdom.log_epoch(epoch, {k: v for k, v in record.items() if k in PLOTTED})
-                is_best = test_stats["top1"] > result.best_top1 and epoch >= best_after
-                if is_best:
-                    result.best_top1 = test_stats["top1"]
-                data = save(epoch + 1, record)
-                if is_best and data is not None:
-                    atomic_write_bytes(run / "best.pth", data)
-                result.epochs_run += 1
-                if stopping() and epoch + 1 < optim.epochs:
-                    raise _interrupted(signum, run, f"the end of epoch {epoch}")
-    finally:
-        if keeper is not None:
-            keeper.detach()
-        if restore_batchnorm is not None:
-            restore_batchnorm()
-    result.masks = masks
-    return result
 
 
 def _interrupted(signum: int, run: RunDir, where: str) -> RunInterrupted:
