@@ -10,9 +10,9 @@ uint8 batches normalised there, and the training step of the ImageNet models the
 Data: the shared ImageNet sample (``../shared/data/imagenet-sample/val``, or ``--data``: any ImageFolder split)
 replicated ``--copies`` times into a temporary tree of symbolic links, ``train/`` and ``val/`` alike (nothing is
 copied), which the real ``utils.data.folder`` code then builds and loads. Its ~34 MB stay in the page cache: this
-measures
-decoding and transforms, not disk reads. Its images are 256 pixels on the short side, where ILSVRC-2012's average
-roughly 470x390: decoding costs less per image than on the real data, and evaluation's Resize(256) is nearly free.
+measures decoding and transforms, not disk reads. Its images are 256 pixels on the short side, where ILSVRC-2012's
+average roughly 470x390: decoding costs less per image than on the real data, and evaluation's Resize(256) is nearly
+free.
 
 Pipelines (``--pipelines``):
 

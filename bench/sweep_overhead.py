@@ -6,13 +6,12 @@
 What is timed, and why this is the honest measure:
 
 * the sweep is ``utils.app.pruner_main.main(cfg)``, the very function ``pruner_exp.py`` calls after parsing its
-arguments,
-  on ``experiments/shared/cifar10_subset_weight_prune_akamaster_resnet56.json`` (the public akamaster ResNet-56 on
-  the 1,017 test images of the shared lossless CIFAR-10 subset) with ``prune.percent`` set to 0.1 ... 0.9. So the
-  total holds everything a user waits for except starting Python and importing torch: building the loaders and
-  their worker processes, reading the checkpoint, the baseline evaluation, and per ratio copying the model,
-  pruning, evaluating, the sparsity report and the saved ``pruned.pth``, then the tables. ``--subprocess`` also
-  times ``python pruner_exp.py`` as a whole (interpreter and imports included), once per round;
+  arguments, on ``experiments/shared/cifar10_subset_weight_prune_akamaster_resnet56.json`` (the public akamaster
+  ResNet-56 on the 1,017 test images of the shared lossless CIFAR-10 subset) with ``prune.percent`` set to 0.1 ... 0.9.
+  So the total holds everything a user waits for except starting Python and importing torch: building the loaders and
+  their worker processes, reading the checkpoint, the baseline evaluation, and per ratio copying the model, pruning,
+  evaluating, the sparsity report and the saved ``pruned.pth``, then the tables. ``--subprocess`` also times ``python
+  pruner_exp.py`` as a whole (interpreter and imports included), once per round;
 * one evaluation is ``utils.train.engine.evaluate`` of the unpruned model over the same test loader (same batch size and
   workers), measured in the same process right before and right after each sweep, on a warm loader (the median
   of ``--evals`` passes each time, after one untimed pass): the steady cost of an evaluation, so that start-up

@@ -7,8 +7,7 @@ autocast, eager vs ``torch.compile``.
 A step is what the trainer does (forward, cross-entropy, backward, SGD with momentum and weight decay), with the
 batch fetched from the loader inside the timed region: the loader's cost is part of what is measured. The step is the
 trainer's own (:func:`utils.train.engine.train_step`), with the trainer's options: ``train.amp`` (bf16),
-``train.compile``,
-``train.channels_last``.
+``train.compile``, ``train.channels_last``.
 
 All variants of a model are built first, warmed up (``torch.compile`` compiles there; its time is printed apart),
 then timed in rounds, each variant in turn, and the medians are reported: load from other processes then hits every

@@ -37,8 +37,7 @@ def select_device(gpu: int | None) -> torch.device:
     """``cuda:N`` for ``--gpu N`` (an error if that GPU does not exist: never a silent CPU fallback), else CPU.
 
     Started by torchrun with several processes, this joins them (:func:`utils.core.distributed.start`): each process
-    then
-    trains on ``cuda:LOCAL_RANK`` with ``--gpu``, on the CPU without."""
+    then trains on ``cuda:LOCAL_RANK`` with ``--gpu``, on the CPU without."""
     if distributed.launched() is not None:
         return distributed.start(gpu)
     if gpu is None:

@@ -381,8 +381,7 @@ def _expand_masks(obj: Any, state_dict: Mapping[str, torch.Tensor], where: str) 
 def compress_checkpoint(checkpoint: Mapping[str, Any], *, fp16: bool = False,
                         keep_training_state: bool = False) -> dict[str, Any]:
     """The checkpoint dict (:func:`utils.checkpoint.format.make_checkpoint`) with ``state_dict`` and ``masks``
-    compressed
-    and ``compressed = {"version", "fp16", "training_state"}`` added; without ``keep_training_state`` the
+    compressed and ``compressed = {"version", "fp16", "training_state"}`` added; without ``keep_training_state`` the
     optimizer, scheduler and RNG states become None (see the module docstring)."""
     if not is_toolkit_checkpoint(checkpoint):
         raise UserError("compress_checkpoint: not a checkpoint of this tool (no 'format' key); compress a plain "

@@ -17,11 +17,10 @@ The semantics are those of the torchvision path (:mod:`utils.data.loaders`), che
   batch). Only the crop offsets and flips differ from the DataLoader path's draws: that path seeds each image
   separately, which cannot be vectorised; here they come from the same per-epoch generator, after the permutation;
 * reproducibility (the contract of :mod:`utils.data.sampling`): the batches of an epoch depend on ``(seed, epoch)``
-alone;
-  ``loader.sampler.set_epoch(epoch, start)`` makes the next pass start at position ``start`` (a run resumed inside an
-  epoch) without drawing anything differently, and nothing touches the global RNG (dropout stays the training
-  loop's). The draws are made on the CPU, so the batches are the same on every device; one copy of the epoch's
-  order and draws (``N`` indices, ``2N`` offsets, ``N`` flags) goes to the device per epoch, nothing per step.
+  alone; ``loader.sampler.set_epoch(epoch, start)`` makes the next pass start at position ``start`` (a run resumed
+  inside an epoch) without drawing anything differently, and nothing touches the global RNG (dropout stays the training
+  loop's). The draws are made on the CPU, so the batches are the same on every device; one copy of the epoch's order and
+  draws (``N`` indices, ``2N`` offsets, ``N`` flags) goes to the device per epoch, nothing per step.
 
 ``build_device_loaders(bundle, ...)`` makes both loaders from the :class:`~utils.data.catalog.DataBundle` that
 :func:`utils.data.datasets.build_datasets` returns (so file checks, downloads and error messages stay in one place),
@@ -108,10 +107,9 @@ class EpochOrder:
 
     With ``shuffle`` the order is the permutation :class:`utils.data.sampling.SeededSampler` draws for ``(seed, epoch)``
     (the same generator, seeded with :func:`utils.data.sampling.epoch_seed`, and ``randperm`` as its first draw); the
-    crop
-    offsets, then the flips, are drawn after it from the same generator, for every position of the epoch. Everything
-    is drawn whole, then cut at ``start``, so a resumed pass yields exactly the suffix of the uninterrupted one.
-    ``start`` applies to the next pass only, as in ``SeededSampler``.
+    crop offsets, then the flips, are drawn after it from the same generator, for every position of the epoch.
+    Everything is drawn whole, then cut at ``start``, so a resumed pass yields exactly the suffix of the uninterrupted
+    one. ``start`` applies to the next pass only, as in ``SeededSampler``.
     """
 
     def __init__(self, size: int, seed: int, *, shuffle: bool, augmentation: Augmentation | None) -> None:

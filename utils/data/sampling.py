@@ -36,8 +36,8 @@ def rank_share(count: int, global_batch: int, world: int) -> int:
 def rank_positions(count: int, global_batch: int, rank: int, world: int) -> torch.Tensor:
     """The positions ``0..count-1`` of a pass that rank ``rank`` of ``world`` takes, in order: its contiguous
     ``global_batch / world`` of every step's ``global_batch`` positions (:mod:`utils.core.distributed`). The pass's
-    last,
-    smaller step is split the same way, cut to a multiple of ``world`` (at most ``world - 1`` positions left out)."""
+    last, smaller step is split the same way, cut to a multiple of ``world`` (at most ``world - 1`` positions left
+    out)."""
     per = global_batch // world
     full, last = divmod(count, global_batch)
     starts = torch.arange(full) * global_batch + rank * per
