@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, header, prepare_device
 from models import get_model
 from utils.app.pruner_main import prepare_pruning
-from utils.app.setup import model_options
+from utils.app.setup import requested_options
 from utils.checkpoint.load import load_toolkit_checkpoint
 from utils.config.validate import load_config
 from utils.report.profile import compare_latency, count_macs, count_params
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = load_toolkit_checkpoint(args.checkpoint, expect_arch=cfg.model.arch).model
     else:
-        model = get_model(cfg.model.arch, **model_options(cfg, num_classes=10))
+        model = get_model(cfg.model.arch, **requested_options(cfg, num_classes=10))
     model = model.to(device).eval()
     input_size = (3, 32, 32)
     pruned, outcome = prepare_pruning(cfg, model, torch.zeros(1, *input_size, device=device))

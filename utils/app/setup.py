@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models import get_model, list_models
-from models.api import model_options as builder_options
+from models.api import model_options
 from utils.checkpoint.format import is_toolkit_checkpoint
 from utils.checkpoint.load import (
     LoadedModel,
@@ -103,7 +103,7 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
                 test_loader=test_loader)
 
 
-def model_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+def requested_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
     """The builder keyword arguments the config asks for (unset options keep the builder's defaults)."""
     m = cfg.model
     options: dict[str, Any] = {"num_classes": m.num_classes or num_classes}
@@ -118,7 +118,7 @@ def model_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 def _check_options_match(cfg: ExperimentConfig, arch: dict[str, Any]) -> None:
     """Model options set in the config must agree with the architecture a checkpoint of this tool brings along:
     the checkpoint wins, and a ``model.num_classes`` it silently overrode would be a surprise later."""
-    defaults = builder_options(arch["name"])
+    defaults = model_options(arch["name"])
     for option in ("num_classes", "shortcut", "classifier"):
         wanted = getattr(cfg.model, option)
         if wanted is None or option not in defaults:
@@ -142,7 +142,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
         loaded = load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj, num_classes=num_classes)
         _check_options_match(cfg, loaded.arch)
         return loaded
-    options = model_options(cfg, num_classes)
+    options = requested_options(cfg, num_classes)
     if options["num_classes"] < num_classes:  # labels beyond the outputs: an IndexError in the first loss
         raise UserError(f"model.num_classes: {options['num_classes']} is fewer than the {num_classes} classes of "
                         f"data.name {cfg.data.name!r}; leave model.num_classes out (it defaults to the dataset's) or "
