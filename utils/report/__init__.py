@@ -1,0 +1,1 @@
+"""What a run shows: markdown tables, PNG plots, visdom curves, cost profiles and the comparison of runs."""
