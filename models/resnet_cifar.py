@@ -17,9 +17,9 @@ Shortcuts where the shape changes:
 * ``"B"`` (chenyaofo's checkpoints): a 1x1 conv with the block's stride plus BatchNorm, named
   ``downsample.0`` / ``downsample.1``; identity everywhere else.
 
-``widths`` gives the inner width (``conv1`` output) of every block, which is what filter pruning of
-the first conv in each block changes; the block's output width stays the stage width so that the
-residual additions still line up.
+The builders make the full-width network only. A filter-pruned one (narrower block convs) is rebuilt from
+the per-module sizes stored in its checkpoint (``arch["shapes"]``, applied by
+:func:`pruning.surgery.apply_shapes`), the one way any pruned architecture is rebuilt.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.api import check_widths, register_model
+from models.api import register_model
 from utils.core.errors import UserError
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -61,13 +61,13 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut; ``width`` is the inner (``conv1`` output) width."""
+    """Two 3x3 conv-BN layers and a shortcut."""
 
-    def __init__(self, in_planes: int, planes: int, *, stride: int, width: int, shortcut: str) -> None:
+    def __init__(self, in_planes: int, planes: int, *, stride: int, shortcut: str) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, width, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample: nn.Module | None = None
         self.shortcut: nn.Module | None = None
@@ -97,12 +97,14 @@ class CifarResNet(nn.Module):
 
     # Prefix renames applied to checkpoint keys before a strict load (akamaster's head is ``linear``).
     checkpoint_key_aliases: ClassVar[dict[str, str]] = {"linear.": "fc."}
+    # What pruning needs to know (models/api.py): 32x32 images; Li et al.'s conv1, conv2, ... numbering.
+    input_size: ClassVar[tuple[int, int, int]] = (3, 32, 32)
+    layer_naming: ClassVar[str] = "numbered"
 
-    def __init__(self, *, blocks_per_stage: int, num_classes: int, shortcut: str, widths: Sequence[int] | None) -> None:
+    def __init__(self, *, blocks_per_stage: int, num_classes: int, shortcut: str) -> None:
         super().__init__()
         self.shortcut_type = shortcut
         self.blocks_per_stage = blocks_per_stage
-        inner = list(widths) if widths is not None else [w for w in STAGE_WIDTHS for _ in range(blocks_per_stage)]
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         in_planes = STAGE_WIDTHS[0]
@@ -110,8 +112,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
-                width = inner[stage * blocks_per_stage + index]
-                blocks.append(BasicBlock(in_planes, planes, stride=stride, width=width, shortcut=shortcut))
+                blocks.append(BasicBlock(in_planes, planes, stride=stride, shortcut=shortcut))
                 in_planes = planes
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(STAGE_WIDTHS[-1], num_classes)
@@ -139,10 +140,6 @@ class CifarResNet(nn.Module):
     def conv_layer_names(self) -> list[str]:
         """Qualified names of all convs in input order (shortcut convs after their block's ``conv2``)."""
         return [name for name, module in self.named_modules() if isinstance(module, nn.Conv2d)]
-
-    def conv_widths(self) -> list[int]:
-        """The current inner block widths, in the form the ``widths`` option takes (for checkpoints)."""
-        return [block.conv1.out_channels for _, block in self.blocks()]
 
     def checkpoint_hint(self, missing: Sequence[str], unexpected: Sequence[str]) -> str | None:
         """Explain a key mismatch that has a known cause: the other shortcut option and/or another depth."""
@@ -183,41 +180,35 @@ def _check_shortcut(shortcut: str) -> str:
     return shortcut
 
 
-def _build(depth: int, num_classes: int, shortcut: str, widths: Sequence[int] | None) -> CifarResNet:
-    blocks_per_stage = (depth - 2) // 6
-    return CifarResNet(
-        blocks_per_stage=blocks_per_stage,
-        num_classes=num_classes,
-        shortcut=_check_shortcut(shortcut),
-        widths=check_widths(widths, count=3 * blocks_per_stage, what=f"residual block of resnet{depth}"),
-    )
+def _build(depth: int, num_classes: int, shortcut: str) -> CifarResNet:
+    return CifarResNet(blocks_per_stage=(depth - 2) // 6, num_classes=num_classes, shortcut=_check_shortcut(shortcut))
 
 
 @register_model()
-def resnet20(*, num_classes: int = 10, shortcut: str = "A", widths: Sequence[int] | None = None) -> CifarResNet:
-    """ResNet-20 for CIFAR (0.27M parameters with shortcut A). ``widths``: 9 inner block widths."""
-    return _build(20, num_classes, shortcut, widths)
+def resnet20(*, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-20 for CIFAR (0.27M parameters with shortcut A)."""
+    return _build(20, num_classes, shortcut)
 
 
 @register_model()
-def resnet32(*, num_classes: int = 10, shortcut: str = "A", widths: Sequence[int] | None = None) -> CifarResNet:
-    """ResNet-32 for CIFAR (0.46M parameters with shortcut A). ``widths``: 15 inner block widths."""
-    return _build(32, num_classes, shortcut, widths)
+def resnet32(*, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-32 for CIFAR (0.46M parameters with shortcut A)."""
+    return _build(32, num_classes, shortcut)
 
 
 @register_model()
-def resnet44(*, num_classes: int = 10, shortcut: str = "A", widths: Sequence[int] | None = None) -> CifarResNet:
-    """ResNet-44 for CIFAR (0.66M parameters with shortcut A). ``widths``: 21 inner block widths."""
-    return _build(44, num_classes, shortcut, widths)
+def resnet44(*, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-44 for CIFAR (0.66M parameters with shortcut A)."""
+    return _build(44, num_classes, shortcut)
 
 
 @register_model()
-def resnet56(*, num_classes: int = 10, shortcut: str = "A", widths: Sequence[int] | None = None) -> CifarResNet:
-    """ResNet-56 for CIFAR (0.85M parameters with shortcut A). ``widths``: 27 inner block widths."""
-    return _build(56, num_classes, shortcut, widths)
+def resnet56(*, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-56 for CIFAR (0.85M parameters with shortcut A)."""
+    return _build(56, num_classes, shortcut)
 
 
 @register_model()
-def resnet110(*, num_classes: int = 10, shortcut: str = "A", widths: Sequence[int] | None = None) -> CifarResNet:
-    """ResNet-110 for CIFAR (1.7M parameters with shortcut A). ``widths``: 54 inner block widths."""
-    return _build(110, num_classes, shortcut, widths)
+def resnet110(*, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    """ResNet-110 for CIFAR (1.7M parameters with shortcut A)."""
+    return _build(110, num_classes, shortcut)

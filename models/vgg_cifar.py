@@ -18,19 +18,21 @@ Design decisions:
   ``classifier.{fc,bn,relu}1..k`` and the output layer ``classifier.fc{k+1}``.
 * ReLUs are not in place, so forward hooks that record a BN or conv output (activation-based
   pruning criteria) see the value before the ReLU overwrote it.
-* ``widths`` overrides the 13 conv output widths; it is how a physically filter-pruned VGG is
-  rebuilt from the widths stored in its checkpoint.
+* The builder makes the full-width network only. A physically filter-pruned VGG is rebuilt from the
+  per-module sizes stored in its checkpoint (``arch["shapes"]``, applied by
+  :func:`pruning.surgery.apply_shapes`), the one way any pruned architecture is rebuilt.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from models.api import check_widths, register_model
+from models.api import register_model
 from utils.core.errors import UserError
 
 # Output channels of the 13 convs; "M" is a 2x2 max-pool. (Simonyan & Zisserman configuration D.)
@@ -45,9 +47,13 @@ NUM_CONVS = sum(1 for item in VGG16_PLAN if item != "M")
 class VGGCifar(nn.Module):
     """VGG-16-BN for 32x32 inputs with per-layer names (``features.conv1`` ... ``features.conv13``)."""
 
-    def __init__(self, *, num_classes: int, classifier: Sequence[int], widths: Sequence[int] | None) -> None:
+    # What pruning needs to know (models/api.py): 32x32 images (five pools leave the 1x1 map the first
+    # linear layer is sized for); the convs numbered conv1 ... conv13.
+    input_size: ClassVar[tuple[int, int, int]] = (3, 32, 32)
+    layer_naming: ClassVar[str] = "numbered"
+
+    def __init__(self, *, num_classes: int, classifier: Sequence[int]) -> None:
         super().__init__()
-        conv_widths = list(widths) if widths is not None else [w for w in VGG16_PLAN if w != "M"]
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         in_channels, conv_index, pool_index = 3, 0, 0
         for item in VGG16_PLAN:
@@ -55,7 +61,7 @@ class VGGCifar(nn.Module):
                 pool_index += 1
                 layers[f"pool{pool_index}"] = nn.MaxPool2d(kernel_size=2, stride=2)
                 continue
-            out_channels = conv_widths[conv_index]
+            out_channels = int(item)
             conv_index += 1
             layers[f"conv{conv_index}"] = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
             layers[f"bn{conv_index}"] = nn.BatchNorm2d(out_channels)
@@ -95,10 +101,6 @@ class VGGCifar(nn.Module):
         """Qualified names of the 13 convs in input order (``features.conv1`` ... ``features.conv13``)."""
         return [f"features.conv{index}" for index in range(1, NUM_CONVS + 1)]
 
-    def conv_widths(self) -> list[int]:
-        """The current conv output widths, in the form the ``widths`` option takes (for checkpoints)."""
-        return [self.get_submodule(name).out_channels for name in self.conv_layer_names()]
-
 
 def _check_classifier(classifier: Sequence[int]) -> tuple[int, ...]:
     if isinstance(classifier, (str, bytes)) or not hasattr(classifier, "__iter__"):
@@ -111,16 +113,10 @@ def _check_classifier(classifier: Sequence[int]) -> tuple[int, ...]:
 
 
 @register_model()
-def vgg16_bn_cifar(
-    *, num_classes: int = 10, classifier: Sequence[int] = (512,), widths: Sequence[int] | None = None
-) -> VGGCifar:
+def vgg16_bn_cifar(*, num_classes: int = 10, classifier: Sequence[int] = (512,)) -> VGGCifar:
     """VGG-16-BN for CIFAR as in Li et al. 2017 (1.5e7 parameters, 3.13e8 FLOPs at the defaults).
 
     ``classifier``: hidden linear widths (``[]`` for a single linear layer, ``[4096, 4096]`` for the
-    ImageNet-style head). ``widths``: 13 conv output widths, for rebuilding a filter-pruned model.
+    ImageNet-style head).
     """
-    return VGGCifar(
-        num_classes=num_classes,
-        classifier=_check_classifier(classifier),
-        widths=check_widths(widths, count=NUM_CONVS, what="conv layer"),
-    )
+    return VGGCifar(num_classes=num_classes, classifier=_check_classifier(classifier))

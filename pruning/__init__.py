@@ -1,24 +1,18 @@
 """Network pruning: which weights, how they are scored, and what is done to them.
 
-Importing the package registers the built-in methods (``weight``, ``filter``), so :func:`get_method` always
-knows them; a new method adds a module here and an import below.
+Which channels move together: :mod:`pruning.dependency` (the trace), :mod:`pruning.groups` (the groups) and
+:mod:`pruning.naming` (the names users write). How they are scored: :mod:`pruning.importance`. What is done:
+:mod:`pruning.weight` (masks), :mod:`pruning.filter` with :mod:`pruning.surgery` (physical removal), on a
+schedule (:mod:`pruning.schedule`). The experiment runner picks a method by ``prune.method``
+(the ``METHODS`` registry of ``utils/app/session.py``).
 """
 
-from pruning.dependency import (
-    ChannelGraph,
-    ChannelGroup,
-    Consumer,
-    LayerNames,
-    analyse,
-    build_groups,
-    default_example_input,
-    layer_names,
-    prunable_layers,
-)
+from pruning.dependency import analyse, build_groups, default_example_input
 from pruning.filter import STRATEGIES, FilterPruneResult, filters_to_remove, prune_filters
+from pruning.groups import ChannelGraph, ChannelGroup, Consumer
 from pruning.importance import get_importance, group_scores, l1_filter_norms, list_importances, register_importance
 from pruning.masks import MaskKeeper, apply_masks, validate_masks
-from pruning.registry import PruneOutcome, get_method, list_methods, method_options, register_method
+from pruning.naming import LayerNames, layer_names, prunable_layers
 from pruning.sparsity import sparsity_report
 from pruning.surgery import apply_shapes, pruned_shapes, remove_channels
 from pruning.weight import (
@@ -41,7 +35,6 @@ __all__ = [
     "FilterPruneResult",
     "LayerNames",
     "MaskKeeper",
-    "PruneOutcome",
     "WeightPruneResult",
     "analyse",
     "apply_masks",
@@ -51,21 +44,17 @@ __all__ = [
     "default_example_input",
     "filters_to_remove",
     "get_importance",
-    "get_method",
     "group_scores",
     "l1_filter_norms",
     "layer_names",
     "list_importances",
-    "list_methods",
     "magnitude",
-    "method_options",
     "prunable_layers",
     "prunable_weights",
     "prune_filters",
     "prune_weights",
     "pruned_shapes",
     "register_importance",
-    "register_method",
     "remove_channels",
     "sparsity_report",
     "validate_masks",

@@ -4,7 +4,7 @@ The three parts, each in its own module so that a new architecture or criterion 
 
 * **which** channels move together: :mod:`pruning.dependency` traces the model and groups every conv's
   output channels with the BatchNorm, depthwise convs, next convs and linear layers that carry them, and
-  with the other convs of a residual sum; it also gives the layers their user-facing names;
+  with the other convs of a residual sum, and :mod:`pruning.naming` gives the layers their user-facing names;
 * **how** they are scored: :mod:`pruning.importance` (L1 norm of each filter; ``greedy`` leaves out the
   kernels on channels just removed from the previous layer, ``independent`` does not);
 * **what** is done: :mod:`pruning.surgery` replaces the modules with smaller ones, once (one-shot; prune
@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.dependency import ChannelGraph, LayerNames, analyse, layer_names
+from pruning.dependency import analyse
+from pruning.groups import ChannelGraph
 from pruning.importance import group_scores
-from pruning.registry import register_method
+from pruning.naming import LayerNames, layer_names
 from pruning.surgery import pruned_shapes, remove_channels
 from utils.core import choices
 from utils.core.errors import UserError
@@ -283,13 +284,12 @@ def remove_filters(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequen
                              strategy=plan.strategy)
 
 
-@register_method("filter")
 def prune_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
                   ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
                   example_input: torch.Tensor | None = None) -> FilterPruneResult:
     """Remove the smallest-L1 filters of ``layers`` from ``model``, physically and in place.
 
-    ``layers``: names from :func:`pruning.dependency.layer_names` (``conv7``, ``layer2``, ``block3``, a conv's
+    ``layers``: names from :func:`pruning.naming.layer_names` (``conv7``, ``layer2``, ``block3``, a conv's
     module name); empty means every layer that may be pruned alone. ``channels`` (filters to remove) or
     ``ratios`` (fraction of each layer's filters; ``ceil(r * n)`` go): exactly one, with one value for all
     layers or one per ``layers`` entry (a selector's value applies to each layer in it). ``skip``: layers

@@ -25,8 +25,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pruning.dependency import ChannelGroup
-from utils.core.errors import UserError
+from pruning.groups import ChannelGroup
+from utils.core.registry import Registry
 
 __all__ = ["FilterImportance", "get_importance", "group_scores", "l1_filter_norms", "list_importances",
            "register_importance"]
@@ -39,30 +39,22 @@ class FilterImportance(Protocol):
                  ) -> torch.Tensor: ...
 
 
-_IMPORTANCE: dict[str, FilterImportance] = {}
+_IMPORTANCE: Registry[FilterImportance] = Registry("filter importance")
 
 
 def register_importance(name: str) -> Callable[[FilterImportance], FilterImportance]:
     """Register a filter-importance criterion under ``name``."""
-
-    def decorator(fn: FilterImportance) -> FilterImportance:
-        if name in _IMPORTANCE:
-            raise ValueError(f"importance {name!r} is registered twice")
-        _IMPORTANCE[name] = fn
-        return fn
-
-    return decorator
+    return _IMPORTANCE.register(name)
 
 
 def list_importances() -> list[str]:
-    return sorted(_IMPORTANCE)
+    """Names of the registered criteria, sorted."""
+    return _IMPORTANCE.names()
 
 
 def get_importance(name: str) -> FilterImportance:
-    try:
-        return _IMPORTANCE[name]
-    except KeyError:
-        raise UserError(f"unknown filter importance {name!r}; known: {', '.join(list_importances())}") from None
+    """The criterion registered as ``name``; an unknown name is a :class:`UserError` listing the known ones."""
+    return _IMPORTANCE.get(name)
 
 
 def _kept_inputs(weight: torch.Tensor, ignore_in_channels: Collection[int] | None) -> torch.Tensor:

@@ -22,9 +22,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from pruning.dependency import ChannelGraph, analyse, layer_names
+from pruning.dependency import analyse
 from pruning.filter import filters_to_remove
+from pruning.groups import ChannelGraph
 from pruning.importance import group_scores
+from pruning.naming import layer_names
 from utils.core.metrics import Meter
 
 

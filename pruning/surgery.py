@@ -1,11 +1,11 @@
 """What is done: channels physically removed, by replacing modules with smaller ones.
 
-:func:`remove_channels` takes a :class:`~pruning.dependency.ChannelGroup` and the channel indices to keep,
+:func:`remove_channels` takes a :class:`~pruning.groups.ChannelGroup` and the channel indices to keep,
 and swaps every module of the group for a smaller ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear``
 holding the kept slices (weights, bias, BatchNorm running statistics; a depthwise conv's ``groups``
 follows its width). New modules are made with the old one's dtype, device, train/eval mode and
-``requires_grad``, and put in the old one's place, so the caller keeps the same model object (the
-registry contract: methods prune in place). Nothing is masked: the removed filters no longer exist.
+``requires_grad``, and put in the old one's place, so the caller keeps the same model object (every
+pruning method prunes in place). Nothing is masked: the removed filters no longer exist.
 
 A pruned model cannot be rebuilt from its registry name and options alone, and checkpoints are data,
 never pickled modules. So :func:`pruned_shapes` describes every conv, BatchNorm and linear layer's sizes
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.dependency import ChannelGroup
+from pruning.groups import ChannelGroup
 from utils.core.errors import UserError
 
 __all__ = ["apply_shapes", "pruned_shapes", "remove_channels"]

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from pruning.masks import apply_masks
-from pruning.registry import register_method
 from utils.core import choices
 from utils.core.errors import UserError
 
@@ -81,7 +80,7 @@ def check_scope(scope: object) -> str:
 
 @dataclass(frozen=True)
 class WeightPruneResult:
-    """Outcome of magnitude pruning (a :class:`pruning.registry.PruneOutcome`).
+    """Outcome of magnitude pruning.
 
     ``masks``: ``{parameter name: bool tensor}``, True = kept, one per prunable weight, on the
     weight's device. ``thresholds``: the magnitude at which each group was cut, i.e. the k-th
@@ -195,7 +194,6 @@ def prune_weights_further(model: nn.Module, masks: Mapping[str, torch.Tensor], *
     return result
 
 
-@register_method("weight")
 def prune_weights(model: nn.Module, *, percent: float, scope: str = "layer_type") -> WeightPruneResult:
     """Magnitude-prune ``model`` in place: :func:`compute_masks`, then zero the pruned weights.
 

@@ -34,10 +34,8 @@ from pruning import (
     apply_shapes,
     default_example_input,
     filters_to_remove,
-    get_method,
     l1_filter_norms,
     layer_names,
-    method_options,
     prunable_layers,
     prune_filters,
     pruned_shapes,
@@ -561,11 +559,6 @@ def test_user_mistakes_are_one_line_errors(name: str, kwargs: dict, message: str
         prune_filters(model, **kwargs, example_input=_example(arch))
     assert "\n" not in str(info.value)
     assert {k: v.shape for k, v in model.state_dict().items()} == before  # nothing was touched
-
-
-def test_registered_as_filter_method() -> None:
-    assert get_method("filter") is prune_filters
-    assert set(method_options("filter")) == {"layers", "channels", "ratios", "strategy", "skip", "example_input"}
 
 
 def test_empty_layers_means_every_layer_free_alone() -> None:

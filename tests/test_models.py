@@ -32,6 +32,7 @@ from models import (
 )
 from models.torchvision_models import expected_weights_file
 from tests.conftest import shared_path
+from tests.pruned import rebuilt_pruned
 from utils.checkpoint.load import load_state_dict_strict, load_weights_file, read_checkpoint_file, read_state_dict
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
@@ -97,13 +98,13 @@ def test_unknown_option_names_option_model_and_accepted_options() -> None:
     message = str(info.value)
     assert message.startswith("shortcutt: ")
     assert "'resnet20'" in message
-    for option in ("num_classes", "shortcut", "widths"):
+    for option in ("num_classes", "shortcut"):
         assert option in message
 
 
 def test_model_options_reads_the_signature() -> None:
-    assert model_options("resnet56") == {"num_classes": 10, "shortcut": "A", "widths": None}
-    assert model_options("vgg16_bn_cifar") == {"num_classes": 10, "classifier": (512,), "widths": None}
+    assert model_options("resnet56") == {"num_classes": 10, "shortcut": "A"}
+    assert model_options("vgg16_bn_cifar") == {"num_classes": 10, "classifier": (512,)}
     assert model_options("tv_resnet18") == {"num_classes": 1000, "pretrained": False}
 
 
@@ -208,32 +209,24 @@ def test_shortcut_a_pads_channels_symmetrically() -> None:
     assert not y[:, :8].any() and not y[:, 24:].any()
 
 
-def test_vgg_widths_override() -> None:
+def test_vgg_rebuilt_with_pruned_widths() -> None:
     widths = [8, 8, 16, 16, 24, 24, 24, 32, 32, 32, 40, 40, 48]
-    model = vgg16_bn_cifar(widths=widths, classifier=[32])
+    model = rebuilt_pruned("vgg16_bn_cifar", widths, classifier=[32])
     assert [model.get_submodule(name).out_channels for name in model.conv_layer_names()] == widths
-    assert model.conv_widths() == widths
     assert model.features.conv2.in_channels == 8 and model.features.bn13.num_features == 48
     assert model.classifier.fc1.in_features == 48
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(UserError, match="widths: expected 13 integers"):
-        vgg16_bn_cifar(widths=[8] * 12)
-    with pytest.raises(UserError, match="positive integer"):
-        vgg16_bn_cifar(widths=[8] * 12 + [0])
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
-def test_resnet_widths_override(shortcut: str) -> None:
+def test_resnet_rebuilt_with_pruned_widths(shortcut: str) -> None:
     widths = [4, 8, 12, 5, 10, 15, 6, 12, 18]
-    model = resnet20(shortcut=shortcut, widths=widths)
-    assert model.conv_widths() == widths
+    model = rebuilt_pruned("resnet20", widths, shortcut=shortcut)
     for (_, block), width in zip(model.blocks(), widths, strict=True):
         assert block.conv1.out_channels == width and block.bn1.num_features == width
         assert block.conv2.in_channels == width
     assert [block.conv2.out_channels for _, block in model.blocks()] == [16] * 3 + [32] * 3 + [64] * 3
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(UserError, match="widths: expected 9 integers"):
-        resnet20(widths=[16] * 27)
 
 
 def test_resnet_names_match_reference_checkpoints() -> None:
@@ -381,7 +374,7 @@ def test_shallower_checkpoint_into_deeper_model_with_other_shortcut_gets_both_hi
 
 def test_shape_mismatch_names_key_and_both_shapes() -> None:
     path = shared_path("weights", "cifar10", "akamaster_resnet20-12fca82f.th")
-    model = resnet20(widths=[8, 16, 16, 32, 32, 32, 64, 64, 64])
+    model = rebuilt_pruned("resnet20", [8, 16, 16, 32, 32, 32, 64, 64, 64])
     with pytest.raises(UserError) as info:
         load_weights_file(model, path)
     assert str(info.value) == (

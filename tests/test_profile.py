@@ -17,6 +17,7 @@ from torch import nn
 
 import utils.checkpoint.format
 from models import get_model, list_models
+from tests.pruned import rebuilt_pruned
 from utils.report.profile import (
     CPU_BATCH_SIZES,
     CUDA_BATCH_SIZES,
@@ -125,16 +126,16 @@ def test_macs_equal_an_independent_count_for_every_model(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "options"),
+    ("name", "options", "widths"),
     [
-        ("resnet20", {"shortcut": "B"}),  # 1x1 downsample convs are counted too
-        ("resnet56", {"widths": [5] * 9 + [11] * 9 + [23] * 9}),  # a physically filter-pruned ResNet-56
-        ("vgg16_bn_cifar", {"classifier": [4096, 4096]}),
-        ("vgg16_bn_cifar", {"widths": [32, 64, 64, 128, 128, 128, 256, 256, 256, 256, 256, 256, 256]}),
+        ("resnet20", {"shortcut": "B"}, None),  # 1x1 downsample convs are counted too
+        ("resnet56", {}, [5] * 9 + [11] * 9 + [23] * 9),  # a physically filter-pruned ResNet-56
+        ("vgg16_bn_cifar", {"classifier": [4096, 4096]}, None),
+        ("vgg16_bn_cifar", {}, [32, 64, 64, 128, 128, 128, 256, 256, 256, 256, 256, 256, 256]),
     ],
 )
-def test_macs_equal_an_independent_count_for_variants(name: str, options: dict) -> None:
-    model = get_model(name, **options)
+def test_macs_equal_an_independent_count_for_variants(name: str, options: dict, widths: list[int] | None) -> None:
+    model = get_model(name, **options) if widths is None else rebuilt_pruned(name, widths, **options)
     assert count_macs(model, (3, 32, 32)) == _hook_macs(model, (3, 32, 32))
 
 
@@ -233,13 +234,13 @@ def test_profile_with_latency_survives_json() -> None:
 
 def test_pruned_model_profile_shows_the_reduction() -> None:
     full = profile_model(get_model("vgg16_bn_cifar"), (3, 32, 32), latency=False)
-    half = profile_model(get_model("vgg16_bn_cifar", widths=[32, 32, 64, 64, 128, 128, 128] + [256] * 6),
+    half = profile_model(rebuilt_pruned("vgg16_bn_cifar", [32, 32, 64, 64, 128, 128, 128] + [256] * 6),
                          (3, 32, 32), latency=False)
     saved = reduction(full, half)
     assert set(saved) == {"params", "macs", "size_kb"}
     # Halving every conv width quarters the conv MACs (the first conv's input, 3 channels, stays: half).
     assert saved["macs"] == pytest.approx(75.0, abs=0.5)
-    # Conv weights quarter; the head's 512->512 layer only halves (its output width is not in ``widths``).
+    # Conv weights quarter; the head's 512->512 layer only halves (its output width is not pruned).
     assert 74 < saved["params"] < 75
     assert saved["size_kb"] == pytest.approx(saved["params"], abs=0.5)  # the file is the float32 weights
 

@@ -21,12 +21,8 @@ from pruning import (
     MaskKeeper,
     apply_masks,
     compute_masks,
-    get_method,
-    list_methods,
-    method_options,
     prunable_weights,
     prune_weights,
-    register_method,
     sparsity_report,
 )
 from utils.core.errors import UserError
@@ -299,30 +295,6 @@ def test_unknown_scope_is_a_user_error_listing_scopes():
 def test_model_without_prunable_weights_is_a_user_error():
     with pytest.raises(UserError, match="no nn.Conv2d or nn.Linear weights"):
         compute_masks(nn.Sequential(nn.BatchNorm2d(3)), 0.5, "global")
-
-
-def test_registry_knows_weight_pruning():
-    assert "weight" in list_methods()
-    assert get_method("weight") is prune_weights
-    assert set(method_options("weight")) == {"percent", "scope"}
-    net = make_net()
-    outcome = get_method("weight")(net, percent=0.5, scope="layer_type")
-    assert set(outcome.masks) == set(CONV + FC)
-
-
-def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(UserError) as info:
-        get_method("magnitude")
-    assert str(info.value) == f"unknown pruning method 'magnitude'; known methods: {', '.join(list_methods())}"
-    assert "weight" in str(info.value)
-
-
-def test_registry_rejects_duplicates_and_positional_options():
-    with pytest.raises(ValueError, match="registered twice"):
-        register_method("weight")(prune_weights)
-    with pytest.raises(TypeError, match="keyword-only"):
-        register_method("_bad_test_method")(lambda model, percent: None)
-    assert "_bad_test_method" not in list_methods()
 
 
 # --- MaskKeeper ----------------------------------------------------------------------------------------------------
