@@ -132,6 +132,14 @@ FILES: dict[str, Callable[[Path], Path]] = {
     "imagefolder": _imagefolder_with_empty_class,
     "file": lambda d: _write(d / "a_file", b"a regular file where a folder is expected"),
     "interrupted": lambda d: _save_toolkit_checkpoint(d / "interrupted" / "last.pth", "resnet20"),
+    # values (the config room)
+
+    # bad data files (the data room)
+
+    # checkpoints (the checkpoint room)
+
+    # the run folder (training, run directories)
+
 }
 
 
@@ -275,6 +283,14 @@ CASES: dict[str, Case] = {
     "disk_full_resume": Case(TRAINER, ("could not write {interrupted}", "File too large", "is intact"),
                              args=("--resume", "{interrupted}"), fsize=FSIZE_LIMIT,
                              creates=("interrupted/metrics.jsonl",)),
+    # values accepted and then crashing or misleading (the config room)
+
+    # bad data files (the data room)
+
+    # checkpoints (the checkpoint room)
+
+    # the run folder (training, run directories)
+
 }
 
 
