@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,15 @@ def _stored_encodings(path: str, names: Iterable[str]) -> dict[str, str]:
         gaps = entry.get("gaps")
         found[name] = entry["encoding"] + (f"/{str(gaps.dtype).removeprefix('torch.')}" if gaps is not None else "")
     return found
+
+
+@contextlib.contextmanager
+def results_kept_on_error(s: Session) -> Iterator[None]:
+    """Around the exports, which run after the results are saved: a failing one (onnxruntime disagrees with
+    PyTorch, the disk is full) also says that the run's results are kept, and how to export again."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{exc} (--export, after the run: its results are saved, without the export, in "
+                        f"{s.run / 'results.md'} and results.json; --resume {s.run.path} --export "
+                        f"{' '.join(s.export)} exports again without retraining)") from None

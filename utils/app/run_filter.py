@@ -19,14 +19,13 @@ from pruning import (
 )
 from pruning.filter import filter_masks, masked_filters, plan_filters, remove_filters, select_filters
 from pruning.schedule import epochs_per_round, scheduled_count
-from utils.app.exporting import export_final
+from utils.app.exporting import export_final, results_kept_on_error
 from utils.app.session import (
     METHODS,
     Session,
     agp_plan_for,
     example_input,
     filter_options,
-    results_kept_on_error,
     schedule_record,
     schedule_title,
 )

@@ -22,16 +22,13 @@ from pruning import (
 from pruning.schedule import epochs_per_round, round_ratios
 from pruning.sparsity import sparsity_report
 from pruning.weight import prune_weights_further
-from utils.app.exporting import export_final
+from utils.app.exporting import export_final, results_kept_on_error
 from utils.app.session import (
     METHODS,
     Session,
     agp_plan_for,
-    percent_text,
-    results_kept_on_error,
     schedule_record,
     schedule_title,
-    sparsity_summary,
 )
 from utils.checkpoint.format import model_size_kb
 from utils.checkpoint.load import load_toolkit_checkpoint
@@ -244,3 +241,12 @@ def _load_reached(path: Any, arch: str) -> dict[str, Any]:
     """The metrics and sparsity of the model an AGP run saved at its last pruning step."""
     loaded = load_toolkit_checkpoint(path, expect_arch=arch)
     return {"metrics": loaded.checkpoint["metrics"], "sparsity": sparsity_report(loaded.model)}
+
+
+def percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+
+def sparsity_summary(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "layers"}

@@ -3,8 +3,7 @@ built once by :func:`utils.app.pruner_main.main`, the registry of runners (``pru
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,6 @@ from utils.app.setup import Data, make_visdom
 from utils.checkpoint.format import make_checkpoint
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
 from utils.config.schema import ExperimentConfig, OptimConfig
-from utils.core.errors import UserError
 from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
 from utils.core.rundir import RunDir
@@ -27,7 +25,7 @@ from utils.train.interrupt import RunInterrupted
 
 @dataclass
 class Session:
-    """Everything a runner needs, built once by :func:`main`."""
+    """Everything a runner needs, built once by :func:`utils.app.pruner_main.main`."""
 
     cfg: ExperimentConfig
     device: torch.device
@@ -38,7 +36,7 @@ class Session:
     logger: Any
     prepared: Any = None  # what prepare_pruning found while checking the spec (see there)
     resuming: bool = False  # --resume: retraining goes on from the last.pth files already in ``run``
-    export: tuple[str, ...] = ()  # --export: formats to write the final model(s) in (:func:`export_final`)
+    export: tuple[str, ...] = ()  # --export: the formats utils.app.exporting.export_final writes
 
     def evaluate(self, model: nn.Module, desc: str) -> dict[str, float]:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
@@ -84,18 +82,6 @@ class Session:
 METHODS: Registry[Callable[[Session], None]] = Registry("pruning method")  # prune.method -> its runner
 
 
-@contextlib.contextmanager
-def results_kept_on_error(s: Session) -> Iterator[None]:
-    """Around the exports, which run after the results are saved: a failing one (onnxruntime disagrees with
-    PyTorch, the disk is full) also says that the run's results are kept, and how to export again."""
-    try:
-        yield
-    except UserError as exc:
-        raise UserError(f"{exc} (--export, after the run: its results are saved, without the export, in "
-                        f"{s.run / 'results.md'} and results.json; --resume {s.run.path} --export "
-                        f"{' '.join(s.export)} exports again without retraining)") from None
-
-
 def agp_plan_for(cfg: ExperimentConfig, data: Data, final: float) -> Any:
     return agp_plan(final, epochs=cfg.retrain.epochs, steps_per_epoch=len(data.train_loader),
                     frequency=cfg.prune.frequency, end=cfg.prune.agp_end)
@@ -120,14 +106,6 @@ def schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
     elif p.schedule == "agp":
         record.update(frequency=p.frequency, agp_end=p.agp_end)
     return record
-
-
-def percent_text(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def sparsity_summary(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "layers"}
 
 
 def example_input(input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
