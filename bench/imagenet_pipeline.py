@@ -55,6 +55,7 @@ from utils.data import folder
 from utils.data.catalog import DataSpec
 from utils.data.datasets import default_mean_std
 from utils.data.folder import BatchNormalize, torchvision_io_problem
+from utils.data.imagefiles import MarkUnreadable, SetAsideUnreadable
 from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededAugmentation
 
@@ -153,7 +154,13 @@ def variant_loader(bundle: Any, split: str, pipeline: str, workers: int, prefetc
     train, test = build_loaders(bundle, batch_size=args.batch_size, workers=workers, seed=args.seed, pin_memory=pin)
     loader = train if split == "train" else test
     assert loader is not None
+    # build_loaders' view marks unreadable files instead of raising (utils/data/imagefiles.py); a benchmark tree has
+    # none, so the plain items and collate function underneath are timed, read by a plain DataLoader.
     dataset, collate = loader.dataset, loader.collate_fn
+    if isinstance(dataset, SeededAugmentation) and isinstance(dataset.dataset, MarkUnreadable):
+        dataset = SeededAugmentation(dataset.dataset.items)
+    dataset = dataset.items if isinstance(dataset, MarkUnreadable) else dataset
+    collate = collate.collate if isinstance(collate, SetAsideUnreadable) else collate
     if pipeline == "per-image":  # dataset[i] itself: the transform ends in ToTensor + Normalize
         dataset = SeededAugmentation(bundle.train) if split == "train" else bundle.test
         collate = None

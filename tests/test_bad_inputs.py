@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import os
 import random
 import re
 import resource
 import signal
+import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,6 +110,44 @@ def _unreadable(folder: Path) -> Path:
     return _write(path, b"mode 000 while the script runs")  # the mode is set after the snapshot (see run_case)
 
 
+def _png(width: int, height: int, bit_depth_one: bool = False, seed: int = 0) -> bytes:
+    """A PNG file: random RGB pixels, or with ``bit_depth_one`` an all-black 1-bit image, which compresses to almost
+    nothing at any size (a decompression bomb)."""
+    import zlib
+
+    if not bit_depth_one:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        pixels = random.Random(seed).randbytes(width * height * 3)
+        Image.frombytes("RGB", (width, height), pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes(1 + (width + 7) // 8) * height, 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # a macOS ._ companion's start
+
+
+def _image_tree(folder: Path, name: str, extra: dict[str, bytes] | None = None,
+                links: dict[str, str] | None = None) -> Path:
+    """``folder/name``: an ImageFolder of 32x32 PNGs, ``train/`` and ``val/`` with two classes of two images, plus
+    ``extra`` files (path in the tree -> bytes) and folder ``links`` (path in the tree -> the link's text)."""
+    root = folder / name
+    for i, (split, cls, n) in enumerate((s, c, n) for s in ("train", "val") for c in ("cat", "dog") for n in (0, 1)):
+        _write(root / split / cls / f"{n}.png", _png(32, 32, seed=i))
+    for path, data in (extra or {}).items():
+        _write(root / path, data)
+    for path, target in (links or {}).items():
+        (root / path).symlink_to(target)
+    return root
+
+
 def _imagefolder_with_empty_class(folder: Path) -> Path:
     from PIL import Image
 
@@ -135,6 +175,13 @@ FILES: dict[str, Callable[[Path], Path]] = {
     # values (the config room)
 
     # bad data files (the data room)
+    "truncated_png": lambda d: _image_tree(d, "truncated_png", {"val/dog/1.png": _png(32, 32, seed=9)[:300],
+                                                                "val/cat/._0.png": APPLE_DOUBLE}),
+    "empty_jpeg": lambda d: _image_tree(d, "empty_jpeg", {"train/cat/2.jpg": b""}),
+    "bomb_png": lambda d: _image_tree(d, "bomb_png", {"val/cat/2.png": _png(20_000, 20_000, bit_depth_one=True)}),
+    "link_loop": lambda d: _image_tree(d, "link_loop", links={"val/cat/loop": ".."}),
+    "link_to_itself": lambda d: _image_tree(d, "link_to_itself", links={"train/dog/again": "."}),
+    "link_to_class": lambda d: _image_tree(d, "link_to_class", links={"val/kitty": "cat"}),
 
     # checkpoints (the checkpoint room)
 
@@ -285,7 +332,30 @@ CASES: dict[str, Case] = {
                              creates=("interrupted/metrics.jsonl",)),
     # values accepted and then crashing or misleading (the config room)
 
-    # bad data files (the data room)
+    # bad data files (the data room). A file that cannot be decoded stops the run with one line naming it, in any
+    # process (a DataLoader worker's included); where that is past the start of training or a sweep, the new run
+    # folder holds only its config.json. A macOS ._ companion, which sorts first, is not read at all.
+    "image_truncated": Case(TRAINER, ("cannot read the image {truncated_png}/val/dog/1.png", "is truncated or damaged",
+                                      "replace or delete the file", "data.skip_bad_images: true"),
+                            edits={"data.name": "imagefolder", "data.root": "{truncated_png}"}, args=("--evaluate",)),
+    "image_empty_in_worker": Case(TRAINER, ("cannot read the image {empty_jpeg}/train/cat/2.jpg", "empty (0 bytes)",
+                                            "data.skip_bad_images: true"),
+                                  edits={"data.name": "imagefolder", "data.root": "{empty_jpeg}", "data.workers": 2},
+                                  creates=(NEW_RUN, f"{NEW_RUN}/config.json")),
+    "image_decompression_bomb_in_sweep": Case(PRUNER, ("cannot read the image {bomb_png}/val/cat/2.png",
+                                                       "decompression-bomb limit", "data.skip_bad_images: true"),
+                                              edits={"data.name": "imagefolder", "data.root": "{bomb_png}",
+                                                     "model.checkpoint": "{r20_2_classes}"},
+                                              creates=(NEW_RUN, f"{NEW_RUN}/config.json")),
+    # A folder link back into the tree would read other classes' images again under its label: refused, by name.
+    "image_link_loop": Case(TRAINER, ("folder link {link_loop}/val/cat/loop -> ..", "leads back into",
+                                      "remove the link"),
+                            edits={"data.name": "imagefolder", "data.root": "{link_loop}"}),
+    "image_link_to_itself": Case(TRAINER, ("folder link {link_to_itself}/train/dog/again -> .", "leads back into",
+                                           "remove the link"),
+                                 edits={"data.name": "imagefolder", "data.root": "{link_to_itself}"}),
+    "image_class_link_to_class": Case(TRAINER, ("folder link {link_to_class}/val/kitty -> cat", "leads back into"),
+                                      edits={"data.name": "imagefolder", "data.root": "{link_to_class}"}),
 
     # checkpoints (the checkpoint room)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import json
+import logging
+import os
 import pickle
+import re
 import struct
 import urllib.error
 from pathlib import Path
@@ -15,9 +20,12 @@ from PIL import Image
 
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
-from utils.data import digits
+from utils.data import digits, folder
 from utils.data.catalog import DataBundle
 from utils.data.datasets import build_datasets, dataset_names, default_mean_std
+from utils.data.device import build_device_loaders
+from utils.data.folder import torchvision_io_problem
+from utils.data.imagefiles import BadImageError, read_image
 from utils.data.loaders import build_loaders
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -274,7 +282,7 @@ def write_tree(root: Path, splits: dict[str, dict[str, int]], size: int = 32) ->
 
 def test_imagefolder_train_and_val_at_imagenet_size(tmp_path: Path) -> None:
     write_tree(tmp_path, {"train": {"dog": 2, "cat": 3}, "val": {"cat": 1, "dog": 1}})
-    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=224)
     assert bundle.classes == ["cat", "dog"] and bundle.num_classes == 2 and bundle.input_size == (3, 224, 224)
     assert len(bundle.train) == 5 and len(bundle.test) == 2
     assert bundle.train[0][0].shape == bundle.test[0][0].shape == (3, 224, 224)
@@ -303,7 +311,7 @@ def test_imagefolder_prefers_val_over_test(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["imagefolder", "imagenet"])
 def test_val_only_tree_evaluates_but_cannot_train(tmp_path: Path, name: str) -> None:
     write_tree(tmp_path, {"val": {"n01": 1, "n02": 2}}, size=40)
-    bundle = build_datasets(name, str(tmp_path), **ZERO_ONE, train=False)
+    bundle = build_datasets(name, str(tmp_path), **ZERO_ONE, train=False, image_size=224)
     assert bundle.train is None and len(bundle.test) == 3 and bundle.test[2][0].shape == (3, 224, 224)
     with pytest.raises(UserError, match=r"no train/ folder .*<data.root>/train/<class>/\*\.jpg"):
         build_datasets(name, str(tmp_path), **ZERO_ONE, train=True)
@@ -495,3 +503,315 @@ def test_bad_loader_arguments_are_user_errors() -> None:
         build_loaders(bundle, batch_size=0, workers=0, seed=0)
     with pytest.raises(UserError, match="data.workers"):
         build_loaders(bundle, batch_size=8, workers=-1, seed=0)
+
+
+# ------------------------------------------------------------------- image files: unreadable, hidden, linked, sizes
+
+
+def _png_bytes(size: int = 32, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@functools.cache
+def _bomb_png(side: int) -> bytes:
+    """A black 1-bit ``side`` x ``side`` PNG: a few kilobytes on disk, ``side**2`` pixels decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_bytes(size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BAD_FILES = {  # name -> (its bytes, what the error says)
+    "empty.png": (lambda: b"", "is empty (0 bytes)"),
+    "truncated.png": (lambda: _png_bytes()[:400], "is truncated or damaged"),
+    "truncated.jpg": (lambda: _jpeg_bytes()[:300], "is truncated or damaged"),
+    "notes.png": (lambda: b"not an image at all\n" * 4, "is not an image file that PIL can identify"),
+    "bomb.png": (lambda: _bomb_png(14_000), "decompression-bomb limit"),  # 196 Mpx: PIL's error (twice its limit)
+    "big.png": (lambda: _bomb_png(10_000), "decompression-bomb limit"),  # 100 Mpx: PIL only warns, would decode it
+}
+
+
+def _torchvision_io_or_stand_in(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """torchvision.io's decoder where it loads; elsewhere one that fails on a broken file as torchvision.io does (a
+    RuntimeError) and decodes a good one with PIL. Returns the paths it was asked to decode."""
+    decoded: list[str] = []
+    real = torchvision.io.decode_image
+
+    def decode(data: torch.Tensor, mode: object = None) -> torch.Tensor:
+        decoded.append(bytes(data.numpy()[:8]).hex())
+        if torchvision_io_problem() is None:
+            return real(data, mode=mode)
+        try:
+            image = Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise RuntimeError(f"Image is incomplete or truncated ({type(exc).__name__})") from None
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+    monkeypatch.setattr(torchvision.io, "decode_image", decode)
+    return decoded
+
+
+@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                   decoder: str) -> None:
+    data, reason = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(data())
+    if decoder == "pil":
+        decode = torchvision.datasets.folder.default_loader
+    else:
+        decoded, decode = _torchvision_io_or_stand_in(monkeypatch), folder._torchvision_io_loader
+    with pytest.raises(BadImageError) as caught:
+        read_image(decode, str(path))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"data: cannot read the image {path}: it ") and reason in message
+    assert "replace or delete the file" in message and "data.skip_bad_images: true" in message
+    assert caught.value.path == str(path) and pickle.loads(pickle.dumps(caught.value)).args == caught.value.args
+    if decoder == "torchvision" and name in ("bomb.png", "big.png"):
+        assert decoded == []  # refused from the header: torchvision.io has no bomb guard of its own
+
+
+def test_read_image_returns_what_decodes(tmp_path: Path) -> None:
+    (tmp_path / "good.png").write_bytes(_png_bytes(seed=3))
+    image = read_image(torchvision.datasets.folder.default_loader, str(tmp_path / "good.png"))
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(_png_bytes(seed=3)))))
+
+
+def _tree_with(root: Path, extra: dict[str, bytes], split: str = "val") -> dict[str, np.ndarray]:
+    pixels = write_tree(root, {"train": {"cat": 2, "dog": 2}, split: {"cat": 3, "dog": 3}})
+    for rel, data in extra.items():
+        (root / rel).write_bytes(data)
+    return pixels
+
+
+def test_hidden_files_and_folders_are_not_part_of_the_tree(tmp_path: Path) -> None:
+    _tree_with(tmp_path, {"val/cat/._0.png": b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X" + bytes(50),
+                          "val/dog/.thumb.png": _png_bytes(seed=5)})
+    for hidden in ("val/.ipynb_checkpoints", "val/cat/.cache"):
+        (tmp_path / hidden).mkdir()
+        (tmp_path / hidden / "7.png").write_bytes(_png_bytes(seed=7))
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32)
+    assert bundle.classes == ["cat", "dog"]  # .ipynb_checkpoints is no class
+    names = [os.path.relpath(path, tmp_path) for path, _ in bundle.test.samples]
+    assert names == [f"val/{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    _, test = build_loaders(bundle, batch_size=4, workers=0, seed=0)
+    assert sum(len(y) for _, y in test) == 6
+
+
+def test_a_class_of_hidden_files_only_is_empty(tmp_path: Path) -> None:
+    _tree_with(tmp_path, {})
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "train" / "bird" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    with pytest.raises(UserError, match=r"class folder .*train/bird has no images .*hidden files are not images"):
+        build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32)
+
+
+@pytest.mark.parametrize(("link", "target"), [("val/cat/loop", ".."), ("val/cat/self", "."),
+                                              ("val/cat/dogs", "../dog"), ("val/kitty", "cat"), ("val/cat/up", "../.."),
+                                              ("train/dog/val", "../../val"), ("val/cat/t", "../../train/cat")])
+def test_folder_links_back_into_the_tree_are_refused(tmp_path: Path, link: str, target: str) -> None:
+    _tree_with(tmp_path, {})
+    (tmp_path / link).symlink_to(target)
+    with pytest.raises(UserError) as caught:
+        build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32)
+    assert f"folder link {tmp_path / link} -> {target} leads back into" in str(caught.value)
+    assert "remove the link" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_links_out_of_the_tree_are_followed_and_keep_their_label(tmp_path: Path) -> None:
+    """How subsets are made: a class folder, a sub-folder or a file linked from elsewhere adds those images, with the
+    label of the folder the link is in."""
+    pixels = _tree_with(tmp_path / "tree", {})
+    elsewhere = write_tree(tmp_path / "elsewhere", {"more": {"cats": 2, "dogs": 1}}, size=32)
+    (tmp_path / "tree" / "val" / "cat" / "more").symlink_to(tmp_path / "elsewhere" / "more" / "cats")
+    (tmp_path / "tree" / "val" / "dog" / "9.png").symlink_to(tmp_path / "elsewhere" / "more" / "dogs" / "0.png")
+    bundle = build_datasets("imagefolder", str(tmp_path / "tree"), **ZERO_ONE, image_size=32)
+    labels = {os.path.relpath(path, tmp_path / "tree"): label for path, label in bundle.test.samples}
+    assert labels == {**{f"val/cat/{i}.png": 0 for i in range(3)}, "val/cat/more/0.png": 0, "val/cat/more/1.png": 0,
+                      **{f"val/dog/{i}.png": 1 for i in range(3)}, "val/dog/9.png": 1}
+    for (path, _), (x, _) in zip(bundle.test.samples, bundle.test, strict=True):
+        source = os.path.realpath(path)
+        expected = pixels.get(source, elsewhere.get(source))
+        np.testing.assert_array_equal(_to_uint8(x, **ZERO_ONE), expected.transpose(2, 0, 1))
+
+
+def test_a_loop_or_a_second_link_outside_the_tree_is_refused(tmp_path: Path) -> None:
+    _tree_with(tmp_path / "tree", {})
+    write_tree(tmp_path / "elsewhere", {"more": {"cats": 1}}, size=32)
+    outside = tmp_path / "elsewhere" / "more"
+    (tmp_path / "tree" / "val" / "cat" / "more").symlink_to(outside)
+    (outside / "cats" / "back").symlink_to(outside)
+    with pytest.raises(UserError, match=rf"folder link .*/val/cat/more/cats/back -> {outside} points to {outside}, "
+                                        r"a folder that holds the link \(a loop\)"):
+        build_datasets("imagefolder", str(tmp_path / "tree"), **ZERO_ONE, image_size=32)
+    (outside / "cats" / "back").unlink()
+    (tmp_path / "tree" / "val" / "dog" / "same").symlink_to(outside)
+    with pytest.raises(UserError, match=rf"/val/dog/same is the folder {outside}, already read through another link"):
+        build_datasets("imagefolder", str(tmp_path / "tree"), **ZERO_ONE, image_size=32)
+
+
+def _bad_tree(root: Path) -> dict[str, np.ndarray]:
+    """2 classes, train 2+2 and val 3+3 good images, plus in val/cat an empty and a truncated file, in val/dog a
+    decompression bomb, in train/dog a truncated file (they sort after the good ones of their folder)."""
+    return _tree_with(root, {"val/cat/7.png": b"", "val/cat/8.png": _png_bytes(seed=8)[:500],
+                             "val/dog/9.png": _bomb_png(14_000), "train/dog/8.png": _png_bytes(seed=8)[:500]})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_stops_at_the_first_unreadable_file_in_any_process(tmp_path: Path, workers: int) -> None:
+    _bad_tree(tmp_path)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32)
+    train, test = build_loaders(bundle, batch_size=4, workers=workers, seed=0)
+    with pytest.raises(BadImageError) as caught:
+        list(test)
+    assert str(caught.value).startswith(f"data: cannot read the image {tmp_path}/val/cat/7.png: it is empty")
+    assert "\n" not in str(caught.value)  # a worker's error arrives as the same one line, not its traceback
+    with pytest.raises(BadImageError, match=r"train/dog/8.png: it is truncated"):
+        list(train)
+
+
+@pytest.mark.parametrize(("image_size", "workers"), [(32, 0), (32, 2), (72, 2)])
+def test_skip_bad_images_leaves_them_out_and_names_them_once(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             image_size: int, workers: int) -> None:
+    pixels = _bad_tree(tmp_path)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=image_size, skip_bad_images=True)
+    train, test = build_loaders(bundle, batch_size=4, workers=workers, seed=0)
+    with caplog.at_level(logging.WARNING, logger="utils.data.imagefiles"):
+        for _ in range(2):  # a second pass meets the same files and says nothing new
+            images = torch.cat([x for x, _ in test])
+            train.sampler.set_epoch(0)
+            assert len(torch.cat([y for _, y in train])) == 4
+    good = [path for path, _ in bundle.test.samples if path in pixels]
+    assert len(images) == len(good) == 6
+    if image_size == 32:  # the readable images, in order, untouched
+        for x, path in zip(images, good, strict=True):
+            np.testing.assert_array_equal(_to_uint8(x, **ZERO_ONE), pixels[path].transpose(2, 0, 1))
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2, notes  # one per split
+    test_note = next(n for n in notes if f"of {tmp_path}/val:" in n)
+    assert test_note.startswith("data.skip_bad_images: left out 3 unreadable image files")
+    assert f"{tmp_path}/val/cat/7.png is empty (0 bytes)" in test_note and "decompression-bomb" in test_note
+    assert test.unreadable.skipped.keys() == {str(tmp_path / f) for f in ("val/cat/7.png", "val/cat/8.png",
+                                                                           "val/dog/9.png")}
+
+
+def test_a_batch_of_unreadable_files_only_is_left_out(tmp_path: Path) -> None:
+    _bad_tree(tmp_path)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32, train=False,
+                            skip_bad_images=True)
+    _, test = build_loaders(bundle, batch_size=1, workers=0, seed=0)
+    assert [len(y) for _, y in test] == [1] * 6 and len(test) == 9
+
+
+def test_the_device_loader_stops_at_or_skips_unreadable_files(tmp_path: Path) -> None:
+    pixels = _bad_tree(tmp_path)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32, train=False)
+    with pytest.raises(BadImageError, match=r"val/cat/7.png: it is empty"):
+        build_device_loaders(bundle, batch_size=4, seed=0, device="cpu")
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=32, train=False,
+                            skip_bad_images=True)
+    _, test = build_device_loaders(bundle, batch_size=4, seed=0, device="cpu")
+    good = [path for path, _ in bundle.test.samples if path in pixels]
+    images = torch.cat([x for x, _ in test])
+    assert len(images) == 6
+    for x, path in zip(images, good, strict=True):
+        np.testing.assert_array_equal(_to_uint8(x, **ZERO_ONE), pixels[path].transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------ data.image_size from the images themselves
+
+
+def test_image_size_defaults_to_the_images_own_small_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_tree(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"a": 2, "b": 1}}, size=32)
+    bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE)
+    assert bundle.input_size == (3, 32, 32) and bundle.test[0][0].shape == (3, 32, 32)
+    assert "data.image_size 32" in capsys.readouterr().out
+    assert build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, image_size=48).input_size == (3, 48, 48)
+
+
+@pytest.mark.parametrize("sizes", [(28, 32), (96, 96), (4, 4)])
+def test_other_small_images_keep_224_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    sizes: tuple[int, int]) -> None:
+    for i, size in enumerate(sizes):
+        write_tree(tmp_path / f"part{i}", {"val": {"a": 1}}, size=size)
+        (tmp_path / "val" / "a").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"part{i}" / "val" / "a" / "0.png").rename(tmp_path / "val" / "a" / f"{i}.png")
+    with caplog.at_level(logging.WARNING, logger="utils.data.folder"):
+        bundle = build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, train=False)
+    assert bundle.input_size == (3, 224, 224)
+    assert len(caplog.records) == 1 and "data.image_size is not set: each is scaled up to 224x224" in caplog.text
+    assert "Fix: set data.image_size" in caplog.text
+
+
+def test_large_images_keep_224_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_tree(tmp_path, {"val": {"a": 2}}, size=256)
+    with caplog.at_level(logging.WARNING):
+        assert build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, train=False).input_size == (3, 224, 224)
+    assert caplog.records == []
+
+
+def test_the_size_is_read_from_a_sample_of_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(tmp_path, {"val": {"a": 150, "b": 50}}, size=8)
+    read: list[str] = []
+    real = folder.header_sizes
+    monkeypatch.setattr(folder, "header_sizes", lambda paths: read.extend(paths) or real(paths))
+    assert build_datasets("imagefolder", str(tmp_path), **ZERO_ONE, train=False).input_size == (3, 8, 8)
+    assert len(read) == 64 and any("/b/" in path for path in read)  # spread over the classes
+
+
+def _subset_tree(root: Path, shared_root: Path, per_class: int) -> Path:
+    for source in sorted((shared_root / "test").iterdir()):
+        (root / "test" / source.name).mkdir(parents=True)
+        for image in sorted(source.glob("*.png"))[:per_class]:
+            (root / "test" / source.name / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.mark.slow
+def test_a_cifar_checkpoint_on_cifar_pngs_needs_no_image_size(shared, tmp_path: Path) -> None:
+    """The issue's case through the real script: akamaster's ResNet-20 on CIFAR-10 PNGs without data.image_size
+    scores what it scores at 32 (not the near-chance of 224: the images are no longer scaled up)."""
+    from test_runner import TRAINER, run_script, succeeded  # not at the top: test_runner imports this module
+
+    root = _subset_tree(tmp_path / "pngs", shared("cifar10-lossless-subset"), per_class=10)
+    weights = shared("weights", "cifar10", "akamaster_resnet20-12fca82f.th")
+    config = {"name": "eval", "data": {"name": "imagefolder", "root": str(root), "workers": 0,
+                                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+              "model": {"arch": "resnet20", "checkpoint": str(weights)}, "output": {"dir": str(tmp_path / "runs")}}
+    (tmp_path / "eval.json").write_text(json.dumps(config))
+    tops = {}
+    for size in (None, 32):
+        args = ("--set", f"data.image_size={size}") if size else ()
+        run = succeeded(run_script(TRAINER, "--json", str(tmp_path / "eval.json"), "--evaluate", *args, cwd=tmp_path))
+        tops[size] = re.search(r"Top1: ([\d.]+)", run.stdout).group(1)
+        assert ("data.image_size 32" in run.stdout) == (size is None)
+    assert tops[None] == tops[32] and float(tops[None]) > 50, tops  # 100 images, ten classes: chance is 10
+
+
+@pytest.mark.slow
+def test_skip_bad_images_through_the_trainer(tmp_path: Path) -> None:
+    """A training run with workers over a tree with unreadable files and a macOS companion: it trains on the
+    readable images and names what it left out once per split on stderr."""
+    from test_runner import TRAINER, run_script, succeeded  # not at the top: test_runner imports this module
+
+    _bad_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "val" / "dog" / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    config = {"name": "skip", "seed": 0, "data": {"name": "imagefolder", "root": str(tmp_path / "tree"),
+                                                  "batch_size": 2, "workers": 2, "skip_bad_images": True},
+              "model": {"arch": "resnet20"}, "train": {"epochs": 2, "lr": 0.05, "schedule": "constant"},
+              "output": {"dir": str(tmp_path / "runs")}}
+    (tmp_path / "skip.json").write_text(json.dumps(config))
+    run = succeeded(run_script(TRAINER, "--json", str(tmp_path / "skip.json"), cwd=tmp_path))
+    notes = run.stderr.splitlines()
+    assert len(notes) == 2 and all(n.startswith("data.skip_bad_images: left out") for n in notes), run.stderr
+    assert "left out 1 unreadable image file of" in notes[0] and "train/dog/8.png is truncated" in notes[0]
+    assert "left out 3 unreadable image files of" in notes[1] and "._0.png" not in run.stderr
+    assert [record["epoch"] for record in run.metrics()] == [0, 1]

@@ -292,7 +292,7 @@ def test_imagefolder_small_images_match_torchvision(tmp_path: Path) -> None:
 
 def test_pipelines_it_cannot_reproduce_are_user_errors(tmp_path: Path) -> None:
     write_tree(tmp_path / "big", {"train": {"a": 1}, "val": {"a": 1}})
-    bundle = build_datasets("imagefolder", str(tmp_path / "big"), **ZERO_ONE)  # 224: RandomResizedCrop
+    bundle = build_datasets("imagefolder", str(tmp_path / "big"), **ZERO_ONE, image_size=224)  # RandomResizedCrop
     with pytest.raises(UserError, match='data.loader "gpu".*RandomResizedCrop.*"torchvision"'):
         build_device_loaders(bundle, batch_size=2, seed=0, device="cpu")
     digits = build_datasets("digits", "unused", mean=(0.3,) * 3, std=(0.3,) * 3)

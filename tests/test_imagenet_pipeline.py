@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from bench.imagenet_pipeline import replicate_tree
 from utils.core.errors import UserError
@@ -27,6 +27,7 @@ from utils.data import catalog, folder, loaders
 from utils.data.catalog import DataSpec
 from utils.data.datasets import build_datasets, default_mean_std
 from utils.data.folder import BatchNormalize, torchvision_io_problem
+from utils.data.imagefiles import ImageFiles, MarkUnreadable, SetAsideUnreadable
 from utils.data.loaders import build_loaders
 from utils.data.sampling import SeededAugmentation
 
@@ -223,12 +224,14 @@ def test_unknown_decoder_is_a_user_error(jpeg_tree: Path) -> None:
 
 
 def test_small_images_keep_the_plain_pipeline(tmp_path: Path) -> None:
-    """CIFAR-like folders stay plain ImageFolders: utils/data/device.py reads their transforms, and their loaders
-    are unchanged."""
+    """CIFAR-like folders keep ImageFolder's per-image pipeline: utils/data/device.py reads their transforms, and
+    their loaders read the dataset itself (only marking unreadable files, utils/data/imagefiles.py)."""
     write_jpeg_tree(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
     bundle = build_datasets("imagefolder", str(tmp_path), mean=MEAN, std=STD, image_size=32)
-    assert type(bundle.train) is torchvision.datasets.ImageFolder
-    assert folder._loader_view(bundle.train) == (bundle.train, None)
+    assert type(bundle.train) is ImageFiles and not isinstance(bundle.train, folder._FolderImages)
+    items, collate, _ = folder._loader_view(bundle.train)
+    assert isinstance(items, MarkUnreadable) and items.items is bundle.train
+    assert isinstance(collate, SetAsideUnreadable) and collate.collate is default_collate
 
 
 # -------------------------------------------------------------------------------------------- replicated tree

@@ -88,7 +88,7 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
         distributed.split_batch(d.batch_size, world)
     mean, std = default_mean_std(d.name)
     bundle = build_datasets(d.name, d.root, mean=d.mean or mean, std=d.std or std, train=train, download=d.download,
-                            image_size=d.image_size, decode=d.decode)
+                            image_size=d.image_size, decode=d.decode, skip_bad_images=d.skip_bad_images)
     if d.loader == "gpu":
         train_loader, test_loader = build_device_loaders(bundle, batch_size=d.batch_size, seed=cfg.seed, device=device,
                                                          test_batch_size=d.test_batch_size,

@@ -83,13 +83,22 @@ class DataConfig:
     std: list[float] | None = _opt(None, "Per-channel normalisation std (default: the dataset's own).",
                                    check=lambda v: v is None or (len(v) == 3 and min(v) > 0),
                                    expect="a list of 3 positive numbers (R, G, B) or null")
-    image_size: int | None = _opt(None, "Crop size for `imagenet`/`imagefolder` (default 224; 64 or less switches "
-                                  "to CIFAR-style pad-and-crop augmentation).",
+    image_size: int | None = _opt(None, "Crop size for `imagenet`/`imagefolder` (64 or less switches to CIFAR-style "
+                                  "pad-and-crop augmentation). Default: the images' own side when the headers of up "
+                                  "to 64 of the eval split's images show one square size of 64 or less (CIFAR as "
+                                  "PNGs: 32; a note says so), else 224 (with a warning when every image read is "
+                                  "smaller: each is then scaled up).",
                                   check=lambda v: v is None or v > 0, expect="a positive integer or null")
     decode: str = _opt("pil", "`imagenet`/`imagefolder` at `image_size` > 64: `pil` (PIL decodes, crops and resizes: "
                        "torchvision's reference pipeline) or `torchvision` (torchvision.io decodes, transforms.v2 "
                        "crops and resizes uint8 tensors: the same random crops, pixels within 1 level of PIL's; PIL "
                        "decodes where torchvision.io cannot load, with a warning).", choices=choices.DECODERS)
+    skip_bad_images: bool = _opt(False, "`imagenet`/`imagefolder`: leave out image files that cannot be decoded "
+                                 "(empty, truncated, not an image, over PIL's decompression-bomb limit of 89 "
+                                 "megapixels), counted and the first few named once per split, instead of stopping at "
+                                 "the first with an error that names it. Hidden files and folders (`.` names, such as "
+                                 "macOS's `._x.png` companions) are never read as images; folder links are followed "
+                                 "only to folders outside `data.root` (README, Data).")
     loader: str = _opt("torchvision", "`torchvision` (DataLoader workers decode and augment each image) or `gpu` "
                        "(`cifar10`, and `imagefolder` with `image_size` <= 64: the whole split held on the training "
                        "device as uint8, crop and flip done there per batch; `workers` is then unused). Same "

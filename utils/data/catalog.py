@@ -20,6 +20,7 @@ from utils.core.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "MIN_IMAGE_SIZE",
     "DataBundle",
     "DataSpec",
     "DatasetBuilder",
@@ -27,6 +28,9 @@ __all__ = [
     "fixed_size",
     "register_dataset",
 ]
+
+
+MIN_IMAGE_SIZE = 8  # pixels: the smallest data.image_size (and image side taken as the default) any dataset accepts
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class DataSpec:
     """How to build a dataset's splits: every builder takes one, and uses the fields that apply to it.
 
     Checked on construction (the ``data.*`` keys a user sets); ``decode`` is checked by the folder datasets only,
-    the others ignore it.
+    the others ignore it and ``skip_bad_images``.
     """
 
     mean: Sequence[float]  # per-channel normalisation on the 0..1 scale, one value per RGB channel
@@ -54,6 +58,7 @@ class DataSpec:
     download: bool = False  # fetch missing data where the dataset has a download source; a no-op otherwise
     image_size: int | None = None  # side in pixels of the square images the model sees; None: the dataset's own
     decode: str = "pil"  # how the folder datasets decode ImageNet-size images (utils.data.folder.FOLDER_DECODERS)
+    skip_bad_images: bool = False  # folder datasets: leave out image files that cannot be decoded (else: stop there)
 
     def __post_init__(self) -> None:
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -61,8 +66,9 @@ class DataSpec:
                             f"/ {list(self.std)}")
         if any(s <= 0 for s in self.std):
             raise UserError(f"data.std: every value must be > 0, got {list(self.std)}")
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
-            raise UserError(f"data.image_size: expected an integer >= 8 (pixels), got {self.image_size!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < MIN_IMAGE_SIZE):
+            raise UserError(f"data.image_size: expected an integer >= {MIN_IMAGE_SIZE} (pixels), got "
+                            f"{self.image_size!r}")
 
 
 class DatasetBuilder(Protocol):

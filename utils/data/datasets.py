@@ -12,7 +12,7 @@ is one function decorated with :func:`~utils.data.catalog.register_dataset` ther
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from typing import Any
 
 from utils.core.errors import UserError
 from utils.data import cifar, digits, folder  # noqa: F401 - imported for their registrations in DATASETS
@@ -44,26 +44,17 @@ def default_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return entry.mean, entry.std
 
 
-def build_datasets(
-    name: str,
-    root: str,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    train: bool = True,
-    download: bool = False,
-    image_size: int | None = None,
-    decode: str = "pil",
-) -> DataBundle:
-    """Build the train (unless ``train`` is False) and test datasets of ``name``.
+def build_datasets(name: str, root: str, **spec: Any) -> DataBundle:
+    """Build the train (unless ``train`` is False) and test datasets of ``name`` from the folder ``root``.
 
-    ``image_size`` is the side of the square images the model sees; ``None`` takes the dataset's own (32 for
-    cifar10 and digits, 224 for the folder datasets). Only the folder datasets can change it.
-    ``download`` fetches missing data where the dataset has a download source and is a no-op otherwise.
-    ``decode``: how the folder datasets decode ImageNet-size images (:data:`utils.data.folder.FOLDER_DECODERS`);
-    others ignore it. The keywords are the fields of :class:`~utils.data.catalog.DataSpec`, which checks them.
+    ``spec``: the fields of :class:`~utils.data.catalog.DataSpec` (written there once, and checked there): ``mean``
+    and ``std`` (required), ``train``, ``download`` (fetch missing data where the dataset has a download source; a
+    no-op otherwise), ``image_size`` (the side of the square images the model sees; ``None`` takes the dataset's own:
+    32 for cifar10 and digits, for the folder datasets the images' own when they are one small square size, else
+    224; only the folder datasets can change it), ``decode`` (how the folder datasets decode ImageNet-size images,
+    :data:`utils.data.folder.FOLDER_DECODERS`) and ``skip_bad_images`` (the folder datasets' loaders leave out files
+    that cannot be decoded instead of stopping there).
     """
     entry = _entry(name)
-    spec = DataSpec(mean=tuple(mean), std=tuple(std), train=train, download=download, image_size=image_size,
-                    decode=decode)
-    return entry.build(os.path.expanduser(str(root)), spec)
+    fields = {key: tuple(value) if key in ("mean", "std") else value for key, value in spec.items()}
+    return entry.build(os.path.expanduser(str(root)), DataSpec(**fields))

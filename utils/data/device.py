@@ -43,6 +43,7 @@ from utils.core.distributed import shard_bounds
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
 from utils.data.datasets import build_datasets, default_mean_std
+from utils.data.imagefiles import BadImageError, Unreadable, UnreadableImages, read_image
 from utils.data.sampling import epoch_seed, rank_positions, rank_share
 
 T = torchvision.transforms
@@ -328,24 +329,42 @@ def _read_pipeline(transform: Any, side: int, what: str) -> _Pipeline:
     return _Pipeline(augmentation=augmentation, mean=mean, std=std)
 
 
+def _folder_uint8(dataset: Any, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dataset_uint8` of an ImageFolder: every file decoded once, here; one that cannot be decoded stops with
+    one line naming it, or with ``data.skip_bad_images`` is left out and named once
+    (:class:`~utils.data.imagefiles.UnreadableImages`)."""
+    unreadable = UnreadableImages(skip=getattr(dataset, "skip_bad_images", False), where=dataset.root)
+    arrays, labels = [], []
+    for path, label in dataset.samples:
+        try:
+            array = np.asarray(read_image(dataset.loader, path), dtype=np.uint8)  # RGB, (H, W, 3)
+        except BadImageError as exc:
+            unreadable.take([Unreadable(exc.path, exc.reason)])
+            continue
+        if array.shape != (side, side, 3):
+            raise UserError(f"{_KEY}: {path} is {array.shape[1]}x{array.shape[0]}, not {side}x{side}: the GPU "
+                            "loader keeps images as they are. Fix: set data.image_size to the images' size, or "
+                            'data.loader to "torchvision" (which resizes)')
+        arrays.append(array)
+        labels.append(label)
+    unreadable.tell()
+    if not arrays:
+        raise UserError(f"data: none of the {len(dataset.samples)} image files of {dataset.root} can be read "
+                        f"(data.skip_bad_images left every one out). Fix: point data.root at readable images")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(labels, dtype=torch.int64)
+
+
 def dataset_uint8(dataset: Any, side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (uint8 (N, 3, side, side)) and labels (int64 (N,)) of a torchvision CIFAR10 or ImageFolder dataset,
-    without its transforms: CIFAR's decoded array as it is, an ImageFolder's files decoded once, here."""
+    without its transforms: CIFAR's decoded array as it is, an ImageFolder's files decoded once, here
+    (:func:`_folder_uint8`)."""
     data = getattr(dataset, "data", None)
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4 and data.shape[3] == 3:
         images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) as torchvision keeps it
         labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
     elif hasattr(dataset, "samples") and hasattr(dataset, "loader"):
-        arrays = []
-        for path, _ in dataset.samples:
-            array = np.asarray(dataset.loader(path), dtype=np.uint8)  # RGB, (H, W, 3)
-            if array.shape != (side, side, 3):
-                raise UserError(f"{_KEY}: {path} is {array.shape[1]}x{array.shape[0]}, not {side}x{side}: the GPU "
-                                "loader keeps images as they are. Fix: set data.image_size to the images' size, or "
-                                'data.loader to "torchvision" (which resizes)')
-            arrays.append(array)
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        labels = torch.as_tensor([label for _, label in dataset.samples], dtype=torch.int64)
+        images, labels = _folder_uint8(dataset, side)
     else:
         raise UserError(f"{_KEY}: a {type(dataset).__name__} dataset has no uint8 pictures to hold on the device; the "
                         'GPU loader takes cifar10 and imagefolder (data.image_size <= 64). Fix: set data.loader to '

@@ -3,7 +3,10 @@
 
 A missing folder, an empty class folder or mismatched class lists are one-line
 :class:`~utils.core.errors.UserError` messages that show the expected layout and the config key to change
-(``data.root``, ``data.image_size``, ``data.decode``).
+(``data.root``, ``data.image_size``, ``data.decode``). Which files a split holds (hidden files are not images, folder
+links back into the tree are refused) and what becomes of a file that cannot be decoded (``data.skip_bad_images``)
+are :mod:`utils.data.imagefiles`'s rules. Without ``data.image_size`` the model input is the images' own size when a
+sample of their headers shows one small square size (CIFAR as PNGs: 32), else 224.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import logging
 import math
 import os
 import warnings
@@ -19,22 +23,34 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from utils.core import choices
+from utils.core import choices, distributed
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
-from utils.data.catalog import DataBundle, DataSpec, register_dataset
+from utils.data.catalog import MIN_IMAGE_SIZE, DataBundle, DataSpec, register_dataset
+from utils.data.imagefiles import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    MarkUnreadable,
+    SetAsideUnreadable,
+    UnreadableImages,
+    class_folders,
+    header_sizes,
+    image_files,
+    list_samples,
+    read_image,
+)
 
 T = torchvision.transforms
 # transforms.v2 is a sub-package that `import torchvision` does not load; imported through the guarded module's name
 # (utils.core.tvguard), since a plain `import torchvision.transforms.v2` at the top would import torchvision unguarded.
 v2 = importlib.import_module("torchvision.transforms.v2")
-_ImageFolder = torchvision.datasets.ImageFolder
-_IMG_EXTENSIONS = torchvision.datasets.folder.IMG_EXTENSIONS
 
 __all__ = ["FOLDER_DECODERS", "BatchNormalize", "torchvision_io_problem"]
+
+_LOG = logging.getLogger(__name__)
 
 _IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -43,6 +59,8 @@ _IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _SMALL_IMAGE_MAX = 64
 # Evaluation resizes the short side to image_size / 0.875 and centre-crops image_size (256 -> 224 for ImageNet).
 _EVAL_CROP_FRACTION = 0.875
+_DEFAULT_SIZE = 224  # data.image_size when the images are not all one small square size
+_SIZE_SAMPLE = 64  # image headers read (spread over the eval split's classes) to choose the default size
 
 
 def _folder_transforms(
@@ -171,9 +189,24 @@ def torchvision_io_problem() -> str | None:
 
 def _torchvision_io_loader(path: str) -> torch.Tensor:
     """RGB uint8 ``(3, H, W)`` from torchvision.io: the format is read from the bytes (a PNG named .JPEG, as one
-    ImageNet training file is, still decodes); grey and CMYK JPEGs are converted to RGB, as PIL's ``convert`` does."""
-    data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    return torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
+    ImageNet training file is, still decodes); grey and CMYK JPEGs are converted to RGB, as PIL's ``convert`` does.
+
+    torchvision.io has no decompression-bomb guard, so PIL reads the header first (no pixels): past PIL's limit it
+    raises (or warns, which :func:`~utils.data.imagefiles.read_image` turns into an error) before anything is
+    decoded. A format PIL cannot identify is left to torchvision.io; if it cannot decode it either, PIL's error says
+    what the file is (not an image), rather than torchvision.io's."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    unidentified = None
+    try:
+        Image.open(io.BytesIO(raw.tobytes())).close()
+    except UnidentifiedImageError as exc:
+        unidentified = exc
+    try:
+        return torchvision.io.decode_image(torch.from_numpy(raw), mode=torchvision.io.ImageReadMode.RGB)
+    except RuntimeError:
+        if unidentified is not None:
+            raise unidentified from None
+        raise
 
 
 def _pil_tensor_loader(path: str) -> torch.Tensor:
@@ -208,7 +241,7 @@ def _without_normalize(transform: Any) -> Any:
     return T.Compose([*steps, T.PILToTensor()])
 
 
-class _FolderImages(_ImageFolder):
+class _FolderImages(ImageFiles):
     """An ImageFolder split at ImageNet size whose DataLoaders normalise a batch at a time.
 
     ``dataset[i]`` is the normalised float image, as from any torchvision dataset (``transform`` is the whole
@@ -217,14 +250,14 @@ class _FolderImages(_ImageFolder):
     fraction of the cost."""
 
     def __init__(self, root: str, *, transform: Callable[[Any], Any], uint8_transform: Callable[[Any], Any],
-                 normalize: BatchNormalize, loader: Callable[[str], Any]) -> None:
-        super().__init__(root, transform=transform, loader=loader)
+                 normalize: BatchNormalize, loader: Callable[[str], Any], skip_bad_images: bool = False) -> None:
+        super().__init__(root, transform=transform, loader=loader, skip_bad_images=skip_bad_images)
         self.uint8_transform = uint8_transform
         self.normalize = normalize
 
     def uint8_item(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
-        return self.uint8_transform(self.loader(path)), target
+        return self.uint8_transform(read_image(self.loader, path)), target
 
 
 class _Uint8Items(Dataset):
@@ -256,33 +289,44 @@ class _NormalizingCollate:
         return self.normalize([image for image, _ in batch]), default_collate([target for _, target in batch])
 
 
-def _loader_view(dataset: Any) -> tuple[Any, Callable[[Any], Any] | None]:
-    """What a DataLoader over ``dataset`` should read and its collate function (None: the default): uint8 items and a
-    normalising collate for :class:`_FolderImages`, the dataset itself otherwise."""
+def _loader_view(dataset: Any) -> tuple[Any, Callable[[Any], Any] | None, UnreadableImages | None]:
+    """What a DataLoader over ``dataset`` should read, its collate function (None: the default) and what it does with
+    image files that cannot be decoded (None: the dataset has no such files).
+
+    uint8 items and a normalising collate for :class:`_FolderImages`; for every
+    :class:`~utils.data.imagefiles.ImageFiles`, the items of unreadable files are marked instead of raising in a
+    worker and set aside by the collate function, for the DataLoader to stop at or skip
+    (:mod:`utils.data.imagefiles`); the dataset itself otherwise."""
+    if not isinstance(dataset, ImageFiles):
+        return dataset, None, None
+    items, collate = dataset, None
     if isinstance(dataset, _FolderImages):
-        return _Uint8Items(dataset), _NormalizingCollate(dataset.normalize)
-    return dataset, None
+        items, collate = _Uint8Items(dataset), _NormalizingCollate(dataset.normalize)
+    unreadable = UnreadableImages(skip=dataset.skip_bad_images, where=dataset.root)
+    return MarkUnreadable(items), SetAsideUnreadable(collate), unreadable
 
 
-def _folder_splits(
-    size: int, mean: Sequence[float], std: Sequence[float], decode: str
-) -> tuple[Callable[[str], Any], Callable[[str], Any]]:
-    """Train and eval dataset constructors (split folder -> dataset) for ``size``-square model inputs."""
-    if decode not in FOLDER_DECODERS:
-        raise UserError(f"data.decode: expected one of {', '.join(FOLDER_DECODERS)}, got {decode!r}")
-    train_tf, eval_tf = _folder_transforms(size, mean, std)
+def _folder_splits(size: int, spec: DataSpec) -> tuple[Callable[[str], Any], Callable[[str], Any]]:
+    """Train and eval dataset constructors (split folder -> dataset) for ``size``-square model inputs, normalised with
+    ``spec.mean``/``spec.std``, decoded as ``spec.decode`` says, unreadable files handled as
+    ``spec.skip_bad_images`` says."""
+    if spec.decode not in FOLDER_DECODERS:
+        raise UserError(f"data.decode: expected one of {', '.join(FOLDER_DECODERS)}, got {spec.decode!r}")
+    train_tf, eval_tf = _folder_transforms(size, spec.mean, spec.std)
+    folder = functools.partial(ImageFiles, skip_bad_images=spec.skip_bad_images)
     if size <= _SMALL_IMAGE_MAX:
         # CIFAR-like images: ToTensor + Normalize are cheap at this size, and utils/data/device.py reads these
-        # pipelines as they are, so they stay plain ImageFolders.
-        return functools.partial(_ImageFolder, transform=train_tf), functools.partial(_ImageFolder, transform=eval_tf)
-    normalize = BatchNormalize(mean, std)
-    if decode == "pil":
+        # pipelines as they are, so they stay plain ImageFolder pipelines.
+        return functools.partial(folder, transform=train_tf), functools.partial(folder, transform=eval_tf)
+    normalize = BatchNormalize(spec.mean, spec.std)
+    if spec.decode == "pil":
         default = torchvision.datasets.folder.default_loader
         pipelines = [(tf, _without_normalize(tf), default) for tf in (train_tf, eval_tf)]
     else:
         loader = _tensor_loader()
         pipelines = [(T.Compose([u8, _NormalizeOne(normalize)]), u8, loader) for u8 in _tensor_transforms(size)]
-    train, test = (functools.partial(_FolderImages, transform=tf, uint8_transform=u8, normalize=normalize, loader=ld)
+    train, test = (functools.partial(_FolderImages, transform=tf, uint8_transform=u8, normalize=normalize, loader=ld,
+                                     skip_bad_images=spec.skip_bad_images)
                    for tf, u8, ld in pipelines)
     return train, test
 
@@ -292,34 +336,56 @@ def _folder_layout(eval_splits: Sequence[str]) -> str:
     return f"expected layout: <data.root>/train/<class>/*.jpg and {evals} (train/ is only needed for training)"
 
 
-def _has_image(folder: str) -> bool:
-    for _dirpath, _dirs, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(_IMG_EXTENSIONS) for f in files):
-            return True
-    return False
-
-
 def _load_folder(name: str, split_dir: str, make: Callable[[str], Any], layout: str) -> Any:
     try:
         return make(split_dir)
     except FileNotFoundError:
         # Diagnose from the tree itself rather than by parsing torchvision's message.
-        classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+        classes = class_folders(split_dir)
         if not classes:
             raise UserError(f"{name}: no class folders in {split_dir}; {layout}. Fix: put each class's images in "
                             f"its own sub-folder") from None
-        empty = [os.path.join(split_dir, c) for c in classes if not _has_image(os.path.join(split_dir, c))]
+        empty = [os.path.join(split_dir, c) for c in classes
+                 if not image_files(os.path.join(split_dir, c), split_dir)]
         if not empty:
             raise
-        raise UserError(f"{name}: class folder {', '.join(empty)} has no images ({', '.join(_IMG_EXTENSIONS)}). "
-                        f"Fix: add images or delete the folder (every class folder becomes a label)") from None
+        raise UserError(f"{name}: class folder {', '.join(empty)} has no images ({', '.join(IMAGE_EXTENSIONS)}; "
+                        f"hidden files are not images). Fix: add images or delete the folder (every class folder "
+                        f"becomes a label)") from None
+
+
+def _default_size(name: str, split_dir: str) -> int:
+    """``data.image_size`` when it is not set: the images' own side when a sample of their headers (up to
+    :data:`_SIZE_SAMPLE`, spread over the split ``split_dir``) shows one square size from
+    :data:`~utils.data.catalog.MIN_IMAGE_SIZE` to :data:`_SMALL_IMAGE_MAX`, else :data:`_DEFAULT_SIZE`, with a
+    warning when every image read is smaller than that (each would be scaled up: 49 times the pixels for 32x32
+    images, and a model trained at their size scores near chance)."""
+    try:
+        classes = class_folders(split_dir)
+        paths = [path for path, _ in list_samples(split_dir, {c: i for i, c in enumerate(classes)})]
+    except FileNotFoundError:  # no classes, an empty class: loading the split says which
+        return _DEFAULT_SIZE
+    sample = paths[::max(1, len(paths) // _SIZE_SAMPLE)][:_SIZE_SAMPLE]
+    sizes = set(header_sizes(sample))
+    read = f"{len(sample)} of the {len(paths)} images in {split_dir} read"
+    (width, height), *others = sorted(sizes) or [(0, 0)]
+    if not others and width == height and MIN_IMAGE_SIZE <= width <= _SMALL_IMAGE_MAX:
+        if distributed.is_main():  # under torchrun every rank reads the same headers; one says so
+            print(f"note: {name}: the images are {width}x{width} pixels ({read}): data.image_size {width}, "
+                  f"CIFAR-style augmentation; set data.image_size to resize them")
+        return width
+    if sizes and max(min(size) for size in sizes) < _DEFAULT_SIZE and distributed.is_main():
+        width, height = max(sizes, key=min)
+        _LOG.warning("%s: the images are at most %dx%d pixels (%s) and data.image_size is not set: each is scaled up "
+                     "to %dx%d. Fix: set data.image_size (to %d to keep this)", name, width, height, read,
+                     _DEFAULT_SIZE, _DEFAULT_SIZE, _DEFAULT_SIZE)
+    return _DEFAULT_SIZE
 
 
 def _build_folder(name: str, root: str, spec: DataSpec, *, eval_splits: Sequence[str]) -> DataBundle:
     """ImageFolder train + eval splits; ``eval_splits`` in order of preference; ``spec.decode``: one of
     :data:`FOLDER_DECODERS` (ImageNet-size images only). ``spec.download`` is ignored: there is no download source,
     "download if missing" has nothing to fetch, and the errors below explain what is missing."""
-    size = 224 if spec.image_size is None else spec.image_size
     layout = _folder_layout(eval_splits)
     fix = "Fix: point data.root at such a tree"
     if not os.path.isdir(root):
@@ -331,8 +397,10 @@ def _build_folder(name: str, root: str, spec: DataSpec, *, eval_splits: Sequence
     if spec.train and not os.path.isdir(train_dir):
         raise UserError(f"{name}: no train/ folder in {root}, needed for training; {layout}. {fix}, or run "
                         f"evaluation only")
-    make_train, make_test = _folder_splits(size, spec.mean, spec.std, spec.decode)
-    test = _load_folder(name, os.path.join(root, found[0]), make_test, layout)
+    test_dir = os.path.join(root, found[0])
+    size = spec.image_size if spec.image_size is not None else _default_size(name, test_dir)
+    make_train, make_test = _folder_splits(size, spec)
+    test = _load_folder(name, test_dir, make_test, layout)
     train_ds = None
     if spec.train:
         train_ds = _load_folder(name, train_dir, make_train, layout)
@@ -356,7 +424,8 @@ def _imagenet(root: str, spec: DataSpec) -> DataBundle:
 def _imagefolder(root: str, spec: DataSpec) -> DataBundle:
     """Any ImageFolder tree with ``train/`` and ``val/`` or ``test/`` (``val/`` wins when both exist).
 
-    ``image_size`` defaults to 224 (ImageNet-style RandomResizedCrop / resize 256 + centre crop); at 64 or less the
-    transforms are CIFAR-style (pad-4 random crop + flip, images kept at their size), e.g. 32 for CIFAR as PNGs.
+    ``image_size`` defaults to the images' own side when they are one small square size (:func:`_default_size`),
+    else 224 (ImageNet-style RandomResizedCrop / resize 256 + centre crop); at 64 or less the transforms are
+    CIFAR-style (pad-4 random crop + flip, images kept at their size), e.g. 32 for CIFAR as PNGs.
     """
     return _build_folder("imagefolder", root, spec, eval_splits=("val", "test"))

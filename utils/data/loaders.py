@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from utils.core.distributed import shard_bounds
 from utils.core.errors import UserError
 from utils.data.catalog import DataBundle
 from utils.data.folder import _loader_view  # which items and collate an ImageFolder split's loaders use
+from utils.data.imagefiles import UnreadableImages
 from utils.data.sampling import SeededAugmentation, SeededSampler
 
 __all__ = ["MAX_AUTO_WORKERS", "auto_workers", "build_loaders"]
@@ -57,6 +59,31 @@ def _generator(seed: int) -> torch.Generator:
     return g
 
 
+class _CheckingLoader(DataLoader):
+    """A DataLoader over an ImageFolder split whose batches come with the unreadable files set aside
+    (:class:`~utils.data.imagefiles.CheckedBatch`): it yields the plain batches and hands the unreadable files to
+    ``unreadable``, which stops the pass at the first one or skips them (``data.skip_bad_images``) and says so once,
+    at the end of the pass. A batch whose every file is skipped is left out."""
+
+    def __init__(self, dataset: Any, *, unreadable: UnreadableImages, **kwargs: Any) -> None:
+        self.unreadable = unreadable
+        super().__init__(dataset, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for batch, unreadable in super().__iter__():
+            if unreadable:
+                self.unreadable.take(unreadable)
+            if batch is not None:
+                yield batch
+        self.unreadable.tell()
+
+
+def _loader(items: Any, collate: Any, unreadable: UnreadableImages | None, **kwargs: Any) -> DataLoader:
+    if unreadable is None:
+        return DataLoader(items, collate_fn=collate, **kwargs)
+    return _CheckingLoader(items, unreadable=unreadable, collate_fn=collate, **kwargs)
+
+
 def build_loaders(
     bundle: DataBundle,
     *,
@@ -80,7 +107,8 @@ def build_loaders(
 
     ImageNet-size folder datasets are read as uint8 pictures and normalised a batch at a time in the workers
     (:class:`utils.data.folder.BatchNormalize`): the batches are those of ``dataset[i]``, bit for bit, at a fraction
-    of the cost.
+    of the cost. A folder dataset's image file that cannot be decoded stops the pass with one line naming it, from
+    any worker, or is left out with ``data.skip_bad_images`` (:mod:`utils.data.imagefiles`).
     """
     if batch_size < 1 or (test_batch_size is not None and test_batch_size < 1):
         raise UserError(f"data.batch_size/data.test_batch_size: expected positive integers (images per batch), got "
@@ -97,13 +125,13 @@ def build_loaders(
     train_loader = None
     if bundle.train is not None:
         sampler = SeededSampler(len(bundle.train), seed, global_batch=batch_size, rank=rank, world=world)
-        train, train_collate = _loader_view(bundle.train)
-        train_loader = DataLoader(SeededAugmentation(train), batch_size=batch_size // world, sampler=sampler,
-                                  collate_fn=train_collate, generator=_generator(seed), **common)
-    test, test_collate = _loader_view(bundle.test)
+        train, train_collate, train_unreadable = _loader_view(bundle.train)
+        train_loader = _loader(SeededAugmentation(train), train_collate, train_unreadable,
+                               batch_size=batch_size // world, sampler=sampler, generator=_generator(seed), **common)
+    test, test_collate, test_unreadable = _loader_view(bundle.test)
     if world > 1:
         lo, hi = shard_bounds(len(test), rank, world)
         test = Subset(test, range(lo, hi))
-    test_loader = DataLoader(test, batch_size=test_batch_size or batch_size, shuffle=False, collate_fn=test_collate,
-                             generator=_generator(seed), **common)
+    test_loader = _loader(test, test_collate, test_unreadable, batch_size=test_batch_size or batch_size, shuffle=False,
+                          generator=_generator(seed), **common)
     return train_loader, test_loader
