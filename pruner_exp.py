@@ -27,6 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def cli() -> int:
     args = get_args_parser().parse_args()
+    from utils.config.schema import repeated_ratio
     from utils.config.validate import load_config
 
     overrides = list(args.overrides)
@@ -34,6 +35,10 @@ def cli() -> int:
         for p in args.prune_percent:
             if not 0 <= p < 1:
                 raise UserError(f"--prune_percent {p}: expected fractions in [0, 1), e.g. --prune_percent 0.3 0.5")
+        repeated = repeated_ratio(args.prune_percent)
+        if repeated is not None:
+            given = " ".join(repr(p) for p in args.prune_percent)
+            raise UserError(f"--prune_percent {given}: {repeated}")
         overrides.append(f"prune.percent={list(args.prune_percent)}")
     cfg = load_config(args.json, overrides)  # before torch is imported: a bad file fails at once
     from utils.app.names import check_names

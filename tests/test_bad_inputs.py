@@ -159,6 +159,18 @@ def _imagefolder_with_empty_class(folder: Path) -> Path:
     return root
 
 
+def _imagefolder_8px(folder: Path) -> Path:
+    """An ImageFolder of 8x8 images, two classes: smaller than VGG-16's five pools can take."""
+    from PIL import Image
+
+    root = folder / "images_8px"
+    for split in ("train", "val"):
+        for index, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (100 * index, 64, 32)).save(root / split / cls / "0.png")
+    return root
+
+
 FILES: dict[str, Callable[[Path], Path]] = {
     "r20": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20.pth", "resnet20"),
     "r20_2_classes": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20_2_classes.pth", "resnet20", 2),
@@ -173,6 +185,8 @@ FILES: dict[str, Callable[[Path], Path]] = {
     "file": lambda d: _write(d / "a_file", b"a regular file where a folder is expected"),
     "interrupted": lambda d: _save_toolkit_checkpoint(d / "interrupted" / "last.pth", "resnet20"),
     # values (the config room)
+    "images_8px": _imagefolder_8px,
+    "vgg": lambda d: _save_toolkit_checkpoint(d / "weights" / "vgg16_bn_cifar.pth", "vgg16_bn_cifar", 2),
 
     # bad data files (the data room)
     "truncated_png": lambda d: _image_tree(d, "truncated_png", {"val/dog/1.png": _png(32, 32, seed=9)[:300],
@@ -331,6 +345,41 @@ CASES: dict[str, Case] = {
                              args=("--resume", "{interrupted}"), fsize=FSIZE_LIMIT,
                              creates=("interrupted/metrics.jsonl",)),
     # values accepted and then crashing or misleading (the config room)
+    "seed_above_range": Case(TRAINER, ("bad.json: seed", "expected an integer from -92230953439944 to 184461906879889",
+                                       "got 184461906879890"), edits={"seed": 184461906879890}),
+    "seed_2_to_the_63": Case(TRAINER, ("bad.json: seed", "to 184461906879889", f"got {2**63}"),
+                             edits={"seed": 2**63}),
+    "batch_size_1e20": Case(TRAINER, ("bad.json: data.batch_size", "a positive integer, at most 1048576",
+                                      f"got {10**20}"), edits={"data.batch_size": 10**20}),
+    "num_classes_1e9": Case(TRAINER, ("bad.json: model.num_classes", "at most 100000", "got 1000000000"),
+                            edits={"model.num_classes": 10**9}),
+    "name_with_nul": Case(TRAINER, ("bad.json: name", 'got "bad\\u0000input"', 'it holds "\\u0000"',
+                                    "no path separator or control character"), edits={"name": "bad\x00input"}),
+    "name_300_characters": Case(TRAINER, ("bad.json: name", "(300 characters)", "300 bytes in UTF-8, more than 248"),
+                                edits={"name": "x" * 300}),
+    "image_size_too_small_trainer": Case(TRAINER, ("data.image_size 8", "'vgg16_bn_cifar' cannot take 8x8 images",
+                                                   "the smallest size it takes is 32", "set data.image_size to 32"),
+                                         edits={"data.name": "imagefolder", "data.root": "{images_8px}",
+                                                "data.image_size": 8, "model.arch": "vgg16_bn_cifar"}),
+    "image_size_too_small_pruner": Case(PRUNER, ("data.image_size 8", "'vgg16_bn_cifar' cannot take 8x8 images",
+                                                 "set data.image_size to 32"),
+                                        edits={"data.name": "imagefolder", "data.root": "{images_8px}",
+                                               "data.image_size": 8, "model.arch": "vgg16_bn_cifar",
+                                               "model.checkpoint": "{vgg}"}),
+    "image_size_too_large_for_vgg": Case(TRAINER, ("data.image_size 96", "cannot take 96x96 images",
+                                                   "it takes sizes 32 to 63"),
+                                         edits={"data.name": "imagefolder", "data.root": "{images_8px}",
+                                                "data.image_size": 96, "model.arch": "vgg16_bn_cifar"}),
+    # json.loads would keep the second "train" without a word, and train for 0 epochs
+    "json_key_given_twice": Case(TRAINER, ("{tmp}/bad.json: line 4: train is given twice (also at line 3)",
+                                           "keeps only the last one"),
+                                 text='{\n  "name": "bad_input",\n  "train": {"epochs": 1, "lr": 0.05},\n'
+                                      '  "train": {"lr": 0.05},\n  "model": {"arch": "resnet20"}\n}\n'),
+    "prune_percent_cli_repeated": Case(PRUNER, ("--prune_percent 0.5 0.3 0.5: 0.5 is given twice",
+                                                "remove the repeat"), edits=WEIGHTS,
+                                       args=("--prune_percent", "0.5", "0.3", "0.5")),
+    "prune_percent_json_repeated": Case(PRUNER, ("bad.json: prune.percent", "got [0.5, 0.5]", "0.5 is given twice"),
+                                        edits={**WEIGHTS, "prune.percent": [0.5, 0.5]}),
 
     # bad data files (the data room). A file that cannot be decoded stops the run with one line naming it, in any
     # process (a DataLoader worker's included); where that is past the start of training or a sweep, the new run

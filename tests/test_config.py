@@ -228,8 +228,8 @@ BAD_VALUES = [
     pytest.param({"prune": {"scope": "all"}}, "prune.scope", '"all"', '"layer_type", "global", "layer"',
                  id="scope"),
     pytest.param({"data": {"batch_size": 0}}, "data.batch_size", "0", "a positive integer", id="batch-size-0"),
-    pytest.param({"data": {"test_batch_size": 0}}, "data.test_batch_size", "0", "a positive integer or null",
-                 id="test-batch-size-0"),
+    pytest.param({"data": {"test_batch_size": 0}}, "data.test_batch_size", "0",
+                 "a positive integer, at most 1048576, or null", id="test-batch-size-0"),
     pytest.param({"data": {"workers": -1}}, "data.workers", "-1", "an integer >= 0", id="workers-negative"),
     pytest.param({"data": {"mean": [0.5, 0.5]}}, "data.mean", "[0.5, 0.5]", "a list of 3 numbers", id="mean-2"),
     pytest.param({"data": {"std": [0.5, 0, 0.5]}}, "data.std", "[0.5, 0, 0.5]", "3 positive numbers", id="std-0"),
@@ -244,9 +244,48 @@ BAD_VALUES = [
     pytest.param({"train": {"milestones": [0, 50]}}, "train.milestones", "[0, 50]", "positive integers",
                  id="milestones-zero"),
     pytest.param({"visdom": {"port": 70000}}, "visdom.port", "70000", "a port in 1..65535", id="port"),
-    pytest.param({"name": "a/b"}, "name", '"a/b"', "a non-empty name without '/'", id="name-slash"),
-    pytest.param({"name": "  "}, "name", '"  "', "a non-empty name", id="name-blank"),
-    pytest.param({"name": ".."}, "name", '".."', "a non-empty name", id="name-dotdot"),
+    pytest.param({"name": "a/b"}, "name", '"a/b"', 'a folder name (not empty, \'.\' or \'..\'; no \'/\'',
+                 id="name-slash"),
+    pytest.param({"name": "  "}, "name", '"  "', "it is blank", id="name-blank"),
+    pytest.param({"name": ".."}, "name", '".."', "names output.dir itself or its parent", id="name-dotdot"),
+    # values that passed and then crashed or misled (issue 13)
+    pytest.param({"name": "a\\b"}, "name", '"a\\\\b"', 'it holds "\\\\"', id="name-backslash"),
+    pytest.param({"name": "a\x00b"}, "name", '"a\\u0000b"', 'it holds "\\u0000"', id="name-nul"),
+    pytest.param({"name": "a\nb"}, "name", '"a\\nb"', 'it holds "\\n"', id="name-newline"),
+    pytest.param({"name": "x" * 300}, "name", '"xxxxxxxx', "300 bytes in UTF-8, more than 248", id="name-300"),
+    pytest.param({"name": "\u00e9" * 125}, "name", '"\\u00e9', "250 bytes in UTF-8, more than 248",
+                 id="name-250-bytes-in-125-characters"),
+    pytest.param({"name": "a\ud800"}, "name", '"a\\ud800"', "lone surrogate", id="name-surrogate"),
+    pytest.param({"seed": 2**63}, "seed", str(2**63), "an integer from -92230953439944 to 184461906879889",
+                 id="seed-2^63"),
+    pytest.param({"seed": 184461906879890}, "seed", "184461906879890", "to 184461906879889", id="seed-above"),
+    pytest.param({"seed": -92230953439945}, "seed", "-92230953439945", "from -92230953439944", id="seed-below"),
+    pytest.param({"data": {"batch_size": 10**20}}, "data.batch_size", str(10**20), "at most 1048576",
+                 id="batch-size-1e20"),
+    pytest.param({"data": {"test_batch_size": 2**20 + 1}}, "data.test_batch_size", str(2**20 + 1),
+                 "at most 1048576", id="test-batch-size-huge"),
+    pytest.param({"data": {"workers": 10**6}}, "data.workers", "1000000", "at most 1024", id="workers-1e6"),
+    pytest.param({"data": {"image_size": 10**5}}, "data.image_size", "100000", "at most 4096", id="image-size-1e5"),
+    pytest.param({"model": {"num_classes": 10**9}}, "model.num_classes", "1000000000", "at most 100000",
+                 id="num-classes-1e9"),
+    pytest.param({"model": {"classifier": [512, 10**6]}}, "model.classifier", "[512, 1000000]", "each at most 16384",
+                 id="classifier-width"),
+    pytest.param({"train": {"epochs": 10**6}}, "train.epochs", "1000000", "an integer >= 0, at most 10000",
+                 id="epochs-1e6"),
+    pytest.param({"retrain": {"epochs": 10_001}}, "retrain.epochs", "10001", "at most 10000",
+                 id="retrain-epochs"),
+    pytest.param({"prune": {"rounds": 10**6}}, "prune.rounds", "1000000", "at most 10000", id="rounds-1e6"),
+    pytest.param({"train": {"lr": 10**400}}, "train.lr", "1" + "0" * 400, "a positive number", id="lr-int-overflow"),
+    pytest.param({"prune": {"percent": [0.5, 0.3, 0.5]}}, "prune.percent", "[0.5, 0.3, 0.5]",
+                 "0.5 is given twice; each ratio runs once", id="percent-repeated"),
+    pytest.param({"prune": {"percent": [0.3, 0.30000001]}}, "prune.percent", "[0.3, 0.30000001]",
+                 "0.3 and 0.30000001 are both 0.3", id="percent-same-to-6-digits"),
+    pytest.param({"prune": {"method": "sensitivity", "sensitivity_ratios": [0.1, 0.1]}}, "prune.sensitivity_ratios",
+                 "[0.1, 0.1]", "0.1 is given twice", id="sensitivity-ratios-repeated"),
+    pytest.param({"output": {"dir": "runs\x00x"}}, "output.dir", '"runs\\u0000x"', "holds a NUL character",
+                 id="output-dir-nul"),
+    pytest.param({"prune": {"method": "filter", "layers": ["conv1", "conv\x002"]}}, "prune.layers",
+                 '["conv1", "conv\\u00002"]', "holds a NUL character", id="layers-nul"),
     # unknown keys: the "value" is the key, the "allowed" the suggestion
     pytest.param({"data": {"rot": "/d"}}, "data.rot", "unknown key", "did you mean data.root?", id="unknown-data.rot"),
     pytest.param({"tran": {}}, "tran", "unknown key", "did you mean train?", id="unknown-section"),
@@ -310,6 +349,80 @@ def test_unreadable_encoding(tmp_path: Path):
     path.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
     message = load_error(path)
     assert message.startswith(f"{path}: cannot read the experiment file"), message
+
+
+@pytest.mark.parametrize(("lines", "key", "first", "second"), [
+    (['{', '  "name": "t",', '  "train": {"epochs": 3},', '  "model": {"arch": "resnet20"},', '  "train": {"lr": 1}',
+      '}'], "train", 3, 5),
+    (['{"name": "t", "model": {"arch": "resnet20",', '  "num_classes": 10,', '  "arch": "resnet56"}}'], "model.arch",
+     1, 3),
+    # the same key in different objects is no repeat; a string that looks like a key is none either
+    (['{"name": "t", "model": {"arch": "resnet20"}, "train": {"epochs": 1, "lr": 0.1},', '  "retrain": {"epochs": 1,',
+      '  "_c": "\\"epochs\\": 2, {", "lr": 0.1, "epochs": 2}}'], "retrain.epochs", 2, 3),
+])
+def test_repeated_key_is_refused_with_its_lines(tmp_path: Path, lines: list[str], key: str, first: int, second: int):
+    """json.loads keeps the last of two equal keys without a word (``"train"`` twice: the first section is lost)."""
+    path = tmp_path / "twice.json"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    message = load_error(path)
+    assert message.startswith(f"{path}: line {second}: {key} is given twice (also at line {first})"), message
+    assert "remove one" in message
+
+
+def test_repeated_comment_keys_and_keys_of_other_objects_are_fine(tmp_path: Path):
+    raw = '{"_c": 1, "_c": 2, "name": "t", "model": {"arch": "resnet20", "_c": 3}, "train": {"lr": 0.1},' \
+          ' "retrain": {"lr": 0.01}}'
+    path = tmp_path / "ok.json"
+    path.write_text(raw, encoding="utf-8")
+    cfg = load_config(path)
+    assert (cfg.train.lr, cfg.retrain.lr) == (0.1, 0.01)
+
+
+def test_repeated_key_in_a_set_value_is_refused(tmp_path: Path):
+    message = load_error(write(tmp_path, BASE), ('train={"epochs": 1, "epochs": 2}',))
+    assert message.startswith("--set train: train.epochs is given twice"), message
+
+
+def test_number_too_long_for_python_is_one_line_with_its_line(tmp_path: Path):
+    path = tmp_path / "long.json"
+    path.write_text('{"name": "t",\n "seed": 1' + "0" * 5000 + "}\n", encoding="utf-8")
+    assert load_error(path) == f"{path}: line 2: a number of 5001 digits; no key takes one so large"
+    message = load_error(write(tmp_path, BASE), ("seed=1" + "0" * 5000,))  # --set: read as the string it is
+    assert message.startswith('--set seed: expected an integer from -92230953439944'), message
+
+
+def test_json_nested_too_deep_is_one_line(tmp_path: Path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert load_error(path) == f"{path}: invalid JSON: objects or lists nested thousands deep"
+
+
+def test_seed_range_is_every_seed_whose_epochs_torch_takes():
+    """Both ends of SEED_RANGE seed every allowed epoch's generator (utils.data.sampling.epoch_seed); one beyond
+    either end does not even seed epoch 0: the range is every seed that works."""
+    import torch
+
+    from utils.config.schema import MAX_EPOCHS, SEED_RANGE
+    from utils.data.sampling import epoch_seed
+
+    low, high = SEED_RANGE
+    for seed, epoch in ((low, 0), (low, MAX_EPOCHS - 1), (high, 0), (high, MAX_EPOCHS - 1)):
+        torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    for seed, epoch in ((low - 1, 0), (high + 1, 0)):
+        with pytest.raises((RuntimeError, ValueError)):
+            torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    for seed in (low, high):  # and the load accepts them
+        assert from_dict(with_values(seed=seed)).seed == seed
+
+
+def test_largest_values_are_accepted(tmp_path: Path):
+    """The upper bounds are inclusive: the largest value of each key loads."""
+    from utils.config.schema import MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_NAME_BYTES, MAX_WORKERS
+
+    cfg = from_dict(with_values(name="\u00e9" * (MAX_NAME_BYTES // 2), data={
+        "batch_size": MAX_BATCH, "test_batch_size": MAX_BATCH, "workers": MAX_WORKERS, "image_size": MAX_IMAGE_SIZE},
+        model={"arch": "resnet20", "num_classes": MAX_CLASSES}, train={"epochs": MAX_EPOCHS}))
+    assert (cfg.data.batch_size, cfg.train.epochs, cfg.model.num_classes) == (MAX_BATCH, MAX_EPOCHS, MAX_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pruning import (
 from utils.app import run_filter, run_sensitivity, run_weight  # noqa: F401
 from utils.app.exporting import check_export
 from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_options
-from utils.app.setup import build_data, build_model, make_visdom, seed_everything, select_device
+from utils.app.setup import build_data, build_model, check_input_size, make_visdom, seed_everything, select_device
 from utils.config.schema import ExperimentConfig
 from utils.config.validate import from_dict
 from utils.core.errors import UserError
@@ -54,6 +54,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
     data = build_data(cfg, train=retrains, device=device, channels_last=cfg.retrain.channels_last)
     loaded = build_model(cfg, data.num_classes)
+    check_input_size(loaded.model, data.input_size, cfg)  # before the run directory: a model the images do not fit
     loaded.model.to(device)
     prepared = prepare_pruning(cfg, loaded.model, example_input(data.input_size, device))
     if retrains and cfg.prune.schedule == "agp":

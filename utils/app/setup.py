@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from models import get_model, list_models
 from models.api import model_options
@@ -157,3 +158,81 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
     if obj is not None:
         load_state_dict_strict(model, unwrap_state_dict(obj, m.checkpoint), source=str(m.checkpoint))
     return LoadedModel(model=model, arch=arch, masks=None, checkpoint=None)
+
+
+# A model that cannot take the data's images is found by one forward pass before the run directory is made, not by a
+# shape error in the first training step. A pass rather than a size each model declares: it holds for every model,
+# a filter-pruned one or one yet to be written included, for too large inputs as well (VGG-16's classifier expects
+# the 1x1 map of a 32..63 px input), and it cannot drift from the code. Its cost: one batch of one image, in eval mode
+# without gradients (no running statistics move, no random number is drawn: the run is unchanged); the search for
+# the sizes that do work runs only when the pass fails, and up to SIZE_SEARCH_LIMIT (a model that takes no size up to
+# it is broken for another reason, and its own error is the one to show).
+SIZE_SEARCH_LIMIT = 1024
+
+
+def _fails_at(model: nn.Module, channels: int, side: int) -> Exception | None:
+    """The error of one forward pass of a ``side`` x ``side`` zero image through ``model``, or None when it runs."""
+    parameter = next(model.parameters(), None)
+    image = torch.zeros(1, channels, side, side, device=parameter.device if parameter is not None else None)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(image)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # shape mismatches, "Output size is too small"
+        return exc
+    finally:
+        model.train(training)
+    return None
+
+
+def _edge(model: nn.Module, channels: int, working: int, failing: int) -> int:
+    """The working size next to a failing one, by bisection between ``working`` and ``failing`` (either order)."""
+    while abs(failing - working) > 1:
+        middle = (working + failing) // 2
+        if _fails_at(model, channels, middle) is None:
+            working = middle
+        else:
+            failing = middle
+    return working
+
+
+def _working_sizes(model: nn.Module, channels: int, side: int) -> tuple[int, int | None] | None:
+    """The smallest size ``model`` takes and, when the failing ``side`` is above it, the largest below ``side``
+    (doubling, then bisection); None when no size up to SIZE_SEARCH_LIMIT works."""
+    probe = 1
+    while _fails_at(model, channels, probe) is not None:
+        if probe >= SIZE_SEARCH_LIMIT:
+            return None
+        probe *= 2
+    smallest = probe if probe == 1 else _edge(model, channels, probe, probe // 2)
+    if side < smallest:
+        return smallest, None
+    works, fails = smallest, side
+    while 2 * works < fails:
+        if _fails_at(model, channels, 2 * works) is None:
+            works *= 2
+        else:
+            fails = 2 * works
+    return smallest, _edge(model, channels, works, fails)
+
+
+def check_input_size(model: nn.Module, input_size: tuple[int, int, int], cfg: ExperimentConfig) -> None:
+    """Raise the UserError naming ``data.image_size`` when ``model`` cannot take the data's images (see above)."""
+    channels, side = input_size[0], input_size[-1]
+    error = _fails_at(model, channels, side)
+    if error is None:
+        return
+    sizes = _working_sizes(model, channels, side)
+    if sizes is None:  # no size works: not a question of the size, a bug with its own traceback
+        raise error
+    smallest, largest = sizes
+    what = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    given = f"data.image_size {side}" if cfg.data.image_size is not None else f"data.image_size (not set; {side})"
+    if largest is None:
+        takes = f"the smallest size it takes is {smallest}: set data.image_size to {smallest}"
+    else:
+        takes = f"it takes sizes {smallest} to {largest}: set data.image_size in that range"
+    raise UserError(f"{given}: model.arch {cfg.model.arch!r} cannot take {side}x{side} images ({what}); {takes}")

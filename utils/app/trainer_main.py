@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from utils.app.setup import build_data, build_model, make_visdom, seed_everything, select_device
+from utils.app.setup import build_data, build_model, check_input_size, make_visdom, seed_everything, select_device
 from utils.checkpoint.export import export_model
 from utils.checkpoint.format import model_size_kb
 from utils.checkpoint.load import load_toolkit_checkpoint
@@ -31,6 +31,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch, num_classes=data.num_classes)
     else:
         loaded = build_model(cfg, data.num_classes)
+    check_input_size(loaded.model, data.input_size, cfg)  # before the run directory: a model the images do not fit
     model = loaded.model.to(device)
 
     if evaluate_only:

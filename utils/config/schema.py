@@ -31,17 +31,19 @@ _MISSING = dataclasses.MISSING
 
 
 def _opt(default: Any, doc: str, *, check: Callable[[Any], bool] | None = None, expect: str | None = None,
-         choices: tuple[str, ...] = (), or_null: bool = False) -> Any:
+         choices: tuple[str, ...] = (), or_null: bool = False, why: Callable[[Any], str] | None = None) -> Any:
     """A config field with its documentation and an optional check (``expect`` names the allowed values).
 
-    ``choices``: the allowed values (from :mod:`utils.core.choices`), and with ``or_null`` null as well."""
+    ``choices``: the allowed values (from :mod:`utils.core.choices`), and with ``or_null`` null as well. ``why``:
+    what is wrong with a value that fails ``check``, where "expected X, got Y" alone would leave the reader
+    searching (which of the rules of a name it breaks, which ratio is repeated)."""
     if choices:
         names = ", ".join(json.dumps(c) for c in choices)
         if or_null:
             check, expect = (lambda v: v is None or v in choices), f"{names} or null"
         else:
             check, expect = (lambda v: v in choices), f"one of {names}"
-    kwargs: dict[str, Any] = {"metadata": {"doc": doc, "check": check, "expect": expect}}
+    kwargs: dict[str, Any] = {"metadata": {"doc": doc, "check": check, "expect": expect, "why": why}}
     if isinstance(default, list | dict):
         kwargs["default_factory"] = lambda: type(default)(default)
     elif default is not _MISSING:
@@ -61,6 +63,66 @@ def _in_unit_interval(v: Any) -> bool:
     return 0 <= v < 1
 
 
+# Upper bounds of integer keys: far above any real use, low enough that a typo (a stray exponent, a timestamp) is an
+# error at load rather than a request for hundreds of gigabytes, a million processes or an overflow in the first epoch.
+MAX_BATCH = 2**20  # images per step: the largest published ImageNet batches are 64k-80k; 2**20 CIFAR images are 12 GB
+MAX_WORKERS = 1024  # DataLoader processes: more than any machine has cores, and each holds a copy of the dataset object
+MAX_IMAGE_SIZE = 4096  # pixels per side: classifiers train at 224-600; one 4096x4096 image is 200 MB as float32
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; at 1e9 the output layer of a 64-wide ResNet-20 alone is 256 GB
+MAX_WIDTH = 16_384  # model.classifier widths: 4x the 4096 of the widest VGG head; [16384, 16384] is 1 GB of weights
+# Epochs of one run (and rounds, each at least one epoch): far above real schedules (CIFAR 160-300; the longest
+# distillation runs, 9,600 on Flowers-102), and no more than 2**64 mod SEED_STRIDE (11,949), which makes SEED_RANGE
+# exact: its largest seed seeds every allowed epoch, the next one not even epoch 0.
+MAX_EPOCHS = 10_000
+# Every seed for which seed * SEED_STRIDE + epoch, for each epoch below MAX_EPOCHS, is a seed that torch's generators
+# take (-2**63 to 2**64 - 1; the torch seed and NumPy's, seed mod 2**32, fit in it too); outside it the first epoch
+# overflows (tests/test_config.py checks both ends against torch). The stride keeps epochs of nearby seeds apart.
+SEED_RANGE = (-(2**63 // choices.SEED_STRIDE), (2**64 - MAX_EPOCHS) // choices.SEED_STRIDE)
+# A run folder is <output.dir>/<name>, or <name>-N when that exists: a file system's 255 bytes per name, less the
+# room of a "-N" suffix up to -999999.
+MAX_NAME_BYTES = 255 - len("-999999")
+
+
+def _int_range(low: int, high: int, *, or_null: bool = False) -> dict[str, Any]:
+    """``check`` and ``expect`` of an integer key in ``[low, high]`` (and null with ``or_null``)."""
+    lowest = {0: "an integer >= 0", 1: "a positive integer"}[low]
+    return {"check": lambda v: (v is None and or_null) or (v is not None and low <= v <= high),
+            "expect": f"{lowest}, at most {high}" + (", or null" if or_null else "")}
+
+
+def repeated_ratio(ratios: list[float]) -> str | None:
+    """What repeats in a sweep's ``ratios`` (also two that print the same to 6 digits), or None."""
+    seen: dict[str, float] = {}
+    for ratio in ratios:
+        key = f"{ratio:g}"  # how a sweep names a ratio: its folder p<ratio>/, its column in the tables
+        if key in seen:
+            if ratio == seen[key]:
+                return f"{ratio!r} is given twice; each ratio runs once: remove the repeat"
+            return (f"{seen[key]!r} and {ratio!r} are both {key} to the 6 digits that name a ratio (its folder "
+                    f"p{key}/, its table column); each ratio runs once: remove one")
+        seen[key] = ratio
+    return None
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the run folder's name (one folder in ``output.dir``), or None."""
+    bad = sorted({c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        shown = ", ".join(json.dumps(c) for c in bad)
+        return f"it holds {shown}, and a folder name takes no path separator or control character"
+    if not name.strip():
+        return "it is blank"
+    if name in (".", ".."):
+        return "it names output.dir itself or its parent, not a folder in it"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it holds a lone surrogate (an unpaired \\ud800-\\udfff escape), which no file name can hold"
+    if size > MAX_NAME_BYTES:
+        return f"{size} bytes in UTF-8, more than {MAX_NAME_BYTES}; shorten it"
+    return None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _opt("cifar10", "Dataset: `cifar10` (torchvision's `cifar-10-batches-py` format), `imagenet` "
@@ -69,14 +131,14 @@ class DataConfig:
     root: str = _opt("data", "Folder that holds the dataset (relative paths are relative to the working directory).")
     download: bool = _opt(False, "`cifar10` only: download the dataset into `data.root` when it is missing.")
     batch_size: int = _opt(128, "Training images per step: the global batch (under `torchrun` each of the N "
-                           "processes takes `batch_size / N` of every step's images).", check=_positive,
-                           expect="a positive integer")
-    test_batch_size: int | None = _opt(None, "Images per evaluation batch (default: `data.batch_size`).",
-                                       check=lambda v: v is None or v > 0, expect="a positive integer or null")
+                           "processes takes `batch_size / N` of every step's images). At most "
+                           f"{MAX_BATCH}.", **_int_range(1, MAX_BATCH))
+    test_batch_size: int | None = _opt(None, "Images per evaluation batch (default: `data.batch_size`). At most "
+                                       f"{MAX_BATCH}.", **_int_range(1, MAX_BATCH, or_null=True))
     workers: int | None = _opt(2, "DataLoader worker processes (0 loads in the main process; null: the CPU cores "
                                "this process may use, shared among torchrun's processes on the machine, less one each "
-                               "for the training loop, at most 16). The batches are the same for any count.",
-                               check=lambda v: v is None or v >= 0, expect="an integer >= 0 or null")
+                               "for the training loop, at most 16). The batches are the same for any count. At most "
+                               f"{MAX_WORKERS}.", **_int_range(0, MAX_WORKERS, or_null=True))
     mean: list[float] | None = _opt(None, "Per-channel normalisation mean (default: the dataset's own).",
                                     check=lambda v: v is None or len(v) == 3,
                                     expect="a list of 3 numbers (R, G, B) or null")
@@ -87,8 +149,9 @@ class DataConfig:
                                   "pad-and-crop augmentation). Default: the images' own side when the headers of up "
                                   "to 64 of the eval split's images show one square size of 64 or less (CIFAR as "
                                   "PNGs: 32; a note says so), else 224 (with a warning when every image read is "
-                                  "smaller: each is then scaled up).",
-                                  check=lambda v: v is None or v > 0, expect="a positive integer or null")
+                                  f"smaller: each is then scaled up). At most {MAX_IMAGE_SIZE}; the model must take it "
+                                  "(one forward pass checks that before the run starts).",
+                                  **_int_range(1, MAX_IMAGE_SIZE, or_null=True))
     decode: str = _opt("pil", "`imagenet`/`imagefolder` at `image_size` > 64: `pil` (PIL decodes, crops and resizes: "
                        "torchvision's reference pipeline) or `torchvision` (torchvision.io decodes, transforms.v2 "
                        "crops and resizes uint8 tensors: the same random crops, pixels within 1 level of PIL's; PIL "
@@ -114,21 +177,21 @@ class ModelConfig:
                                   "`{'state_dict': ...}` wrappers are handled). Keys are checked strictly.")
     pretrained: bool = _opt(False, "torchvision models only: start from torchvision's ImageNet weights "
                             "(offline: the file must already be in `$TORCH_HOME/hub/checkpoints`).")
-    num_classes: int | None = _opt(None, "Output classes (default: the dataset's).",
-                                   check=lambda v: v is None or v > 0, expect="a positive integer or null")
+    num_classes: int | None = _opt(None, f"Output classes (default: the dataset's). At most {MAX_CLASSES}.",
+                                   **_int_range(1, MAX_CLASSES, or_null=True))
     shortcut: str | None = _opt(None, "CIFAR ResNets only: `A` (parameter-free, zero-padded) or `B` (1x1 conv + "
                                 "BN) shortcuts where the shape changes. Default `A`.",
                                 choices=choices.SHORTCUTS, or_null=True)
     classifier: list[int] | None = _opt(None, "`vgg16_bn_cifar` only: hidden widths of the classifier. Default "
                                         "`[512]` (Li et al., 1.5e7 parameters); `[4096, 4096]` is the "
-                                        "filter-pruning reference's 33.6M-parameter model.",
-                                        check=lambda v: v is None or all(w > 0 for w in v),
-                                        expect="a list of positive integers or null")
+                                        f"filter-pruning reference's 33.6M-parameter model. Each at most {MAX_WIDTH}.",
+                                        check=lambda v: v is None or all(0 < w <= MAX_WIDTH for w in v),
+                                        expect=f"a list of positive integers, each at most {MAX_WIDTH}, or null")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    epochs: int = _opt(0, "Epochs to run (0: none).", check=_non_negative, expect="an integer >= 0")
+    epochs: int = _opt(0, f"Epochs to run (0: none; at most {MAX_EPOCHS}).", **_int_range(0, MAX_EPOCHS))
     lr: float = _opt(0.1, "Initial SGD learning rate (for a batch of `data.batch_size` images).",
                      check=_positive, expect="a positive number")
     momentum: float = _opt(0.9, "SGD momentum.", check=lambda v: 0 <= v < 1, expect="a number in [0, 1)")
@@ -162,9 +225,9 @@ class PruneConfig:
                        "(L1-norm filter pruning with physical removal, Li et al. 2017) or `sensitivity` (prune each "
                        "conv layer alone at `sensitivity_ratios` and evaluate: Li et al. Figure 2).")
     percent: list[float] = _opt([0.5], "Fraction of weights to prune, in [0, 1); several values make a sweep "
-                                "(a single number is accepted). `--prune_percent` overrides it.",
-                                check=lambda v: len(v) > 0 and all(0 <= p < 1 for p in v),
-                                expect="a number in [0, 1) or a non-empty list of them")
+                                "(a single number is accepted; each once). `--prune_percent` overrides it.",
+                                check=lambda v: len(v) > 0 and all(0 <= p < 1 for p in v) and not repeated_ratio(v),
+                                expect="a number in [0, 1) or a non-empty list of distinct ones", why=repeated_ratio)
     scope: str = _opt("layer_type", "Where a threshold applies: `layer_type` (one for all conv weights, one for all "
                       "linear weights: the seed's method), `global` (one for both) or `layer` (each layer its own).",
                       choices=choices.WEIGHT_SCOPES)
@@ -185,9 +248,11 @@ class PruneConfig:
     skip: list[str] = _opt([], "`filter`/`sensitivity`: layers to leave alone (e.g. the sensitive ones a "
                            "sensitivity analysis found).")
     sensitivity_ratios: list[float] = _opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                                           "`sensitivity`: fractions of each layer's filters to remove, one at a time.",
-                                           check=lambda v: len(v) > 0 and all(0 < r < 1 for r in v),
-                                           expect="a non-empty list of numbers in (0, 1)")
+                                           "`sensitivity`: fractions of each layer's filters to remove, one at a time "
+                                           "(each once).",
+                                           check=lambda v: len(v) > 0 and all(0 < r < 1 for r in v)
+                                           and not repeated_ratio(v),
+                                           expect="a non-empty list of distinct numbers in (0, 1)", why=repeated_ratio)
     sensitivity_tolerance: float = _opt(1.0, "`sensitivity`: a layer is marked sensitive when pruning "
                                         "`sensitivity_at` of its filters costs more than this many top-1 points.",
                                         check=_non_negative, expect="a number >= 0")
@@ -199,8 +264,9 @@ class PruneConfig:
                          "optimizer steps of the `retrain.epochs`). `retrain.epochs` is the total retraining budget in "
                          "all three; the ratios follow the cubic ramp (README, Pruning schedules).",
                          choices=choices.PRUNE_SCHEDULES)
-    rounds: int = _opt(4, "`iterative`: prune-and-retrain rounds; `retrain.epochs` must be a multiple of it.",
-                       check=_positive, expect="a positive integer")
+    rounds: int = _opt(4, "`iterative`: prune-and-retrain rounds; `retrain.epochs` must be a multiple of it (at "
+                       f"most {MAX_EPOCHS}).",
+                       **_int_range(1, MAX_EPOCHS))
     frequency: int = _opt(100, "`agp`: optimizer steps between two pruning steps.", check=_positive,
                           expect="a positive integer")
     agp_end: float = _opt(0.75, "`agp`: the fraction of the retraining steps over which the sparsity ramps up; the "
@@ -227,10 +293,18 @@ class VisdomConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = _opt(_MISSING, "Experiment name: the run directory is `<output.dir>/<name>`.",
-                     check=lambda v: v.strip() != "" and "/" not in v and v not in (".", ".."),
-                     expect="a non-empty name without '/'")
-    seed: int = _opt(0, "Seed for Python, NumPy and torch (CPU runs repeat exactly).")
+    name: str = _opt(_MISSING, "Experiment name: the run directory is `<output.dir>/<name>`, so one folder name: "
+                     "not empty, `.` or `..`; no `/`, `\\` or control characters; at most "
+                     f"{MAX_NAME_BYTES} bytes in UTF-8 (255 less room for the `-N` of a repeated run).",
+                     check=lambda v: run_name_problem(v) is None, why=run_name_problem,
+                     expect="a folder name (not empty, '.' or '..'; no '/', '\\' or control characters; at most "
+                     f"{MAX_NAME_BYTES} bytes in UTF-8)")
+    seed: int = _opt(0, "Seed for Python, NumPy and torch (CPU runs repeat exactly), from "
+                     f"{SEED_RANGE[0]} to {SEED_RANGE[1]}: the data order of epoch e is drawn from a torch generator "
+                     f"seeded with `seed * {choices.SEED_STRIDE} + e`, which must lie in [-2^63, 2^64).",
+                     check=lambda v: SEED_RANGE[0] <= v <= SEED_RANGE[1],
+                     expect=f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (seed * {choices.SEED_STRIDE} + "
+                     "epoch seeds torch's generators, which take -2**63 to 2**64 - 1)")
     print_freq: int = _opt(0, "Print a progress line every N steps when not on a terminal (0: once per epoch).",
                            check=_non_negative, expect="an integer >= 0")
     data: DataConfig = _opt({}, "Dataset and loading.")

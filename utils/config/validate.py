@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import json
 import math
+import re
+import sys
 import types
 import typing
 from collections.abc import Collection, Iterable, Sequence
@@ -35,6 +37,21 @@ _MISSING = dataclasses.MISSING
 # and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
 _LAYER_SPEC_METHODS = {"layers": ("filter", "sensitivity"), "skip": ("filter", "sensitivity"), "channels": ("filter",),
                        "ratios": ("filter",)}
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite float (an integer too large for a float is not: 1 followed by 400 zeros)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON for a message, a long string cut to its first 40 characters (the message says its size)."""
+    if isinstance(value, str) and len(value) > 60:
+        return json.dumps(value[:40])[:-1] + f'..." ({len(value)} characters)'
+    return json.dumps(value)
 
 
 def _did_you_mean(name: str, known: Iterable[str], prefix: str) -> str:
@@ -78,7 +95,7 @@ class _Validator:
             float: isinstance(value, int | float) and not isinstance(value, bool),
             str: isinstance(value, str),
         }[tp]
-        if not ok or (tp is float and not math.isfinite(value)):
+        if not ok or (tp is float and not _finite(value)):
             raise self.fail(key, f"expected {describe(tp)}, got {json.dumps(value)}")
         return float(value) if tp is float else value
 
@@ -131,7 +148,12 @@ class _Validator:
             # ``data.mean`` needs 3 of them), and the whole value is what the user wrote.
             raise self.fail(key, f"expected {expect}, got {json.dumps(value)}") from None
         if check is not None and not check(converted):
-            raise self.fail(key, f"expected {expect}, got {json.dumps(value)}")
+            why = f.metadata.get("why")
+            reason = why(converted) if why is not None else None
+            raise self.fail(key, f"expected {expect}, got {_shown(value)}" + (f": {reason}" if reason else ""))
+        if any("\0" in v for v in (converted if isinstance(converted, list) else [converted]) if isinstance(v, str)):
+            # No path or name can hold one (the OS refuses it with a ValueError), and the terminal would not show it.
+            raise self.fail(key, f"{_shown(value)} holds a NUL character (\\u0000); remove it")
         return converted
 
     def check_schedule(self, prune: PruneConfig, retrain: OptimConfig) -> None:
@@ -179,8 +201,12 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise UserError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. --set data.root=/data/cifar10")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (or a number or nesting JSON cannot hold): the raw string
         value = text
+    repeated = _repeated_key(text) if isinstance(value, dict) else None
+    if repeated is not None:
+        raise UserError(f"--set {key.strip()}: {join_key(key.strip(), repeated[0])} is given twice; JSON keeps only "
+                        "the last one silently: remove one of them")
     return key.strip(), value
 
 
@@ -231,9 +257,58 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError:  # Python reads no integer of more digits than sys.get_int_max_str_digits() (4300)
+        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        if digits is None:
+            raise UserError(f"{path}: invalid JSON: a number too long to read") from None
+        line = text.count("\n", 0, digits.start()) + 1
+        raise UserError(f"{path}: line {line}: a number of {len(digits.group())} digits; no key takes one so "
+                        "large") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid JSON: objects or lists nested thousands deep") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a JSON object {{...}}, got {type(raw).__name__}")
+    repeated = _repeated_key(text)
+    if repeated is not None:
+        key, first, second = repeated
+        raise UserError(f"{path}: line {second}: {key} is given twice (also at line {first}); JSON keeps only the "
+                        "last one silently: remove one of them")
     return raw
+
+
+def _repeated_key(text: str) -> tuple[str, int, int] | None:
+    """The first key given twice in one object of ``text`` (valid JSON): its dotted key and the lines of both.
+
+    ``json.loads`` keeps the last value of a repeated key without a word, and its ``object_pairs_hook`` gets no
+    positions, so this walks the text: strings (read by ``json``'s own scanner, escapes and all), braces, brackets and
+    commas; a string right after ``{`` or an object's ``,`` is a key. Keys starting with ``_`` are comments, which may
+    repeat."""
+    stack: list[tuple[dict[str, int] | None, str]] = []  # per open object (its keys' lines) or array (None): its key
+    last_key, expect_key, line, i = "", False, 1, 0
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            string, i = json.decoder.scanstring(text, i + 1)
+            if expect_key:
+                keys, prefix = stack[-1]
+                assert keys is not None
+                if string in keys and not string.startswith("_"):
+                    return join_key(prefix, string), keys[string], line
+                keys[string], last_key, expect_key = line, string, False
+            continue
+        if char in "{[":
+            parent = stack[-1] if stack else (None, "")
+            prefix = join_key(parent[1], last_key) if parent[0] is not None else parent[1]
+            stack.append(({} if char == "{" else None, prefix))
+            expect_key = char == "{"
+        elif char in "}]":
+            stack.pop()
+        elif char == ",":
+            expect_key = stack[-1][0] is not None
+        elif char == "\n":
+            line += 1
+        i += 1
+    return None
 
 
 def from_dict(raw: dict[str, Any], *, source: str = "<config>", overridden: set[str] | None = None) -> ExperimentConfig:

@@ -25,3 +25,7 @@ WEIGHT_SCOPES = ("layer_type", "global", "layer")
 FILTER_STRATEGIES = ("independent", "greedy")
 # prune.schedule: when pruning happens (pruning.schedule.SCHEDULES)
 PRUNE_SCHEDULES = ("one_shot", "iterative", "agp")
+
+# seed: the data order of epoch e is drawn from a torch generator seeded with seed * SEED_STRIDE + e
+# (utils.data.sampling.epoch_seed); the stride is here so that the config validation, torch-free, can bound the seed.
+SEED_STRIDE = 100_003  # a prime stride keeps nearby seeds' epochs apart

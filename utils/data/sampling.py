@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-SEED_STRIDE = 100_003  # (seed, epoch) -> one generator seed; a prime stride keeps nearby seeds' epochs apart
+from utils.core.choices import SEED_STRIDE  # (seed, epoch) -> one generator seed
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
