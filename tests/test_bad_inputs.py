@@ -12,14 +12,16 @@ checkpoint save does so after the run directory was made; even then no ``*.tmp``
 
 Most rows fail before any data is read, but each costs a Python + torch start-up (1-4 s), so the selected rows run side
 by side, one per CPU core, in one module fixture (``outcomes``); each test then checks its own row. The rows that limit
-the file size (``fsize``) run after the others, one at a time, because ``preexec_fn`` is not safe beside threads. Layer
-spec errors that need a traced model (unknown ``prune.layers`` of a filter run, too many filters, coupled layers) are
-``FILTER_ERRORS`` in ``test_filter_runner.py`` and are not repeated here.
+the file size (``fsize``) or make a folder read-only (``read_only``; as root the script then runs in a user namespace
+of its own, where root cannot write it either) run after the others, one at a time, because ``preexec_fn`` is not safe
+beside threads. Layer spec errors that need a traced model (unknown ``prune.layers`` of a filter run, too many filters,
+coupled layers) are ``FILTER_ERRORS`` in ``test_filter_runner.py`` and are not repeated here.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import io
 import json
@@ -29,6 +31,7 @@ import re
 import resource
 import signal
 import struct
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +66,7 @@ class Case:
     fsize: int | None = None  # RLIMIT_FSIZE of the run: a disk that fills up
     creates: tuple[str, ...] = ()  # what the run may add to the folder before it fails
     argparse: bool = False  # argparse's usage error: its last line is checked
+    read_only: str | None = None  # a folder ({names}) made read-only while the script runs (see leave_root)
     xfail: str | None = None  # the change outside this file's reach that the row waits for
 
 
@@ -171,6 +175,14 @@ def _imagefolder_8px(folder: Path) -> Path:
     return root
 
 
+def _interrupted_with_a_long_log(run: Path) -> Path:
+    """A run to resume whose ``metrics.jsonl`` nearly fills :data:`FSIZE_LIMIT`: the next record does not fit."""
+    checkpoint = _save_toolkit_checkpoint(run / "last.pth", "resnet20")
+    line = b'{"epoch": 0, "note": "an earlier record"}\n'
+    (run / "metrics.jsonl").write_bytes(line * ((FSIZE_LIMIT - 100) // len(line)))
+    return checkpoint
+
+
 FILES: dict[str, Callable[[Path], Path]] = {
     "r20": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20.pth", "resnet20"),
     "r20_2_classes": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20_2_classes.pth", "resnet20", 2),
@@ -200,6 +212,7 @@ FILES: dict[str, Callable[[Path], Path]] = {
     # checkpoints (the checkpoint room)
 
     # the run folder (training, run directories)
+    "long_log": lambda d: _interrupted_with_a_long_log(d / "long_log"),
 
 }
 
@@ -408,7 +421,14 @@ CASES: dict[str, Case] = {
 
     # checkpoints (the checkpoint room)
 
-    # the run folder (training, run directories)
+    # the run folder (training, run directories). A run folder that became read-only is refused before any work, and
+    # a full disk while appending to metrics.jsonl leaves the log as it was (no half line).
+    "resume_read_only_run": Case(TRAINER, ("the run folder {tmp}/interrupted is not writable", "Permission denied",
+                                           "make the folder writable", "resume the copy"),
+                                 args=("--resume", "{interrupted}"), read_only="{tmp}/interrupted"),
+    "disk_full_metrics": Case(TRAINER, ("could not write {tmp}/long_log/metrics.jsonl", "File too large",
+                                        "free some space", "is intact"),
+                              args=("--resume", "{long_log}"), fsize=FSIZE_LIMIT),
 
 }
 
@@ -450,6 +470,33 @@ def limit_file_size(limit: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+CLONE_NEWUSER = 0x10000000  # <sched.h>
+
+
+def leave_root() -> None:
+    """In the child: a user namespace of its own. Root there still owns root's files, but its power to write any file
+    whatever its mode stops at the namespace, so a read-only folder is read-only to it as to any user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUSER) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+
+
+@functools.cache
+def can_leave_root() -> bool:
+    try:
+        return subprocess.run(["true"], preexec_fn=leave_root, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def preexec_for(case: Case) -> Callable[[], None] | None:
+    """What the row's child runs before the script: a file size limit, or leaving root for a read-only folder. Such
+    rows run one at a time (``preexec_fn`` is not safe beside threads)."""
+    if case.fsize:
+        return functools.partial(limit_file_size, case.fsize)
+    return leave_root if case.read_only and ROOT else None
+
+
 @dataclass
 class Outcome:
     names: dict[str, str]
@@ -476,16 +523,20 @@ def prepare(case: Case, folder: Path, data: Path) -> Outcome:
 def execute(case: Case, folder: Path, outcome: Outcome) -> Outcome:
     """Run the row's script in ``folder`` and snapshot the folder again."""
     names = outcome.names
-    preexec = functools.partial(limit_file_size, case.fsize) if case.fsize else None
     locked = Path(names["unreadable"]) if "unreadable" in names and not ROOT else None
     if locked is not None:
         locked.chmod(0)
+    frozen = Path(expand(case.read_only, names)) if case.read_only else None
+    if frozen is not None:
+        frozen.chmod(0o555)
     try:
         outcome.run = run_script(case.script, "--json", expand(case.json, names), *expand(case.args, names),
-                                 cwd=folder, preexec_fn=preexec)
+                                 cwd=folder, preexec_fn=preexec_for(case))
     finally:
         if locked is not None:
             locked.chmod(0o644)
+        if frozen is not None:
+            frozen.chmod(0o755)
     outcome.after = snapshot(folder)
     return outcome
 
@@ -508,11 +559,11 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     with ThreadPoolExecutor(max_workers=cores) as pool:
         futures = {case: pool.submit(execute, CASES[case], folders[case], results[case])
-                   for case in ready if CASES[case].fsize is None}
+                   for case in ready if preexec_for(CASES[case]) is None}
     for case, future in futures.items():
         results[case] = future.exception() or future.result()
     for case in ready:  # preexec_fn rows, one at a time now that the pool's threads are gone
-        if CASES[case].fsize is not None:
+        if preexec_for(CASES[case]) is not None:
             try:
                 results[case] = execute(CASES[case], folders[case], results[case])
             except Exception as exc:  # noqa: BLE001 - reported by the row's own test
@@ -527,6 +578,8 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                                   if row.xfail else case for case, row in CASES.items()])
 def test_user_errors_are_one_line_exit_2_and_touch_nothing(case: str, outcomes: dict[str, Any]) -> None:
     outcome, row = outcomes[case], CASES[case]
+    if row.read_only and ROOT and not can_leave_root():
+        pytest.skip("root writes to a read-only folder, and no user namespace can be made here to test as a user")
     if isinstance(outcome, BaseException):
         raise outcome
     run = outcome.run

@@ -8,10 +8,12 @@ uses none: the batches are the same either way (:mod:`utils.data.sampling`), and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,8 @@ from test_data import write_cifar
 from test_runner import PRUNER, TRAINER, cifar, load, run_script, snapshot, succeeded, without_time, write_config
 
 from utils.app.cli import resume_command
+from utils.core.rundir import RunDir
+from utils.data.loaders import auto_workers
 from utils.data.sampling import SeededAugmentation, SeededSampler
 
 STOP_TIMEOUT_S = 300  # a hang guard: every run here takes seconds
@@ -91,12 +95,13 @@ def test_resume_command_replaces_or_adds_resume(argv: list[str], expected: str) 
 
 
 class Stopped:
-    """A script run that received ``signum`` once ``when(line)`` matched a line of its output."""
+    """A script run that received ``signum`` once ``when(line)`` matched a line of its output (with ``group``, its whole
+    process group did, DataLoader workers included, as from ``timeout``, SLURM, systemd or Ctrl-C in a terminal)."""
 
-    def __init__(self, command: list[str], cwd: Path, when: Any, signum: int):
+    def __init__(self, command: list[str], cwd: Path, when: Any, signum: int, *, group: bool = False):
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                bufsize=1)
+                                bufsize=1, start_new_session=group)
         watchdog = threading.Timer(STOP_TIMEOUT_S, proc.kill)
         watchdog.start()
         lines, sent = [], False
@@ -104,7 +109,7 @@ class Stopped:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             if not sent and when(line):
-                proc.send_signal(signum)
+                os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
                 sent = True
         self.stderr = proc.stderr.read()
         self.returncode = proc.wait()
@@ -138,8 +143,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def experiment(work: Path, name: str, **extra: Any) -> Path:
-    data = {**cifar("data"), "batch_size": 8}
+def experiment(work: Path, name: str, *, data: dict[str, Any] | None = None, **extra: Any) -> Path:
+    data = {**cifar("data"), "batch_size": 8, **(data or {})}
     sections = {"model": {"arch": "resnet20"}, "output": {"dir": "runs"}, **extra}
     return write_config(work / f"{name}.json", name=name, seed=1, print_freq=1, data=data, **sections)
 
@@ -215,6 +220,90 @@ def test_kill_9_keeps_the_last_complete_checkpoint(work: Path, uninterrupted: Pa
 
 
 @pytest.mark.slow
+def test_signals_to_the_whole_group_stop_once_and_resume_to_the_uninterrupted_weights(work: Path,
+                                                                                      uninterrupted: Path) -> None:
+    """``timeout -s TERM``, SLURM and systemd signal every process of the job, and Ctrl-C in a terminal the whole
+    foreground group: the DataLoader workers (``data.workers`` null: as many as the cores allow) get the signal too."""
+    if auto_workers() == 0:
+        pytest.skip("one CPU core: data.workers null means no DataLoader workers here")
+    config = experiment(work, "group", data={"workers": None}, train=TRAIN)
+    first = Stopped([sys.executable, str(TRAINER), "--json", str(config)], work, step_line(0, 3), signal.SIGINT,
+                    group=True)
+    assert first.returncode == 130, first.stderr
+    assert first.stderr.count("SIGINT: stopping after the current step") == 1, first.stderr  # not once per worker
+    assert "Traceback" not in first.stderr and "DataLoader worker" not in first.stderr
+    run = work / "runs" / "group"
+    assert load(run / "last.pth")["progress"]["step"] >= 3
+
+    # After the last step of epoch 0 comes its evaluation, on the test loader's workers.
+    second = Stopped(first.resume_argv(), work, step_line(0, 30), signal.SIGTERM, group=True)
+    assert second.returncode == 143, second.stderr
+    assert "SIGTERM: stopped at" in second.stderr and f"saved {run.resolve() / 'last.pth'}" in second.stderr
+    assert "Traceback" not in second.stderr and "DataLoader worker" not in second.stderr
+
+    succeeded(run_script(TRAINER, *second.resume_argv()[2:], cwd=work))
+    assert_same_training(uninterrupted, run)
+
+
+@pytest.mark.slow
+def test_a_second_resume_of_a_running_checkpoint_is_refused(work: Path) -> None:
+    config = experiment(work, "twice", train=TRAIN)
+    succeeded(run_script(TRAINER, "--json", str(config), "--set", "train.epochs=1", cwd=work))
+    run = (work / "runs" / "twice").resolve()
+    command = [sys.executable, str(TRAINER), "--json", str(config), "--resume", str(run / "last.pth")]
+    first = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    watchdog = threading.Timer(STOP_TIMEOUT_S, first.kill)
+    watchdog.start()
+    assert first.stdout is not None
+    for line in first.stdout:
+        if line.startswith("Resuming "):
+            first.send_signal(signal.SIGSTOP)  # holds the run folder, stopped: the second run cannot come too late
+            break
+    before = snapshot(run)
+    try:
+        second = run_script(TRAINER, *command[2:], cwd=work)
+        after = snapshot(run)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate()
+    watchdog.cancel()
+    assert first.returncode == 0, err
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.startswith(f"error: the run folder {run} is in use by another run (pid {first.pid} on "
+                                    f"{socket.gethostname()}, since "), second.stderr
+    assert len(second.stderr.splitlines()) == 1
+    assert after == before  # the second run wrote nothing
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]  # each epoch once
+    assert not (run / ".lock").exists()  # removed by the run that held it, at its end
+
+
+def test_a_resume_removes_what_a_killed_save_left_and_nothing_else(tmp_path: Path) -> None:
+    from models import get_model
+    from utils.checkpoint.format import TrainingState, make_checkpoint
+    from utils.core.files import atomic_torch_save
+
+    write_cifar(tmp_path / "data", per_batch=8, n_test=10)
+    run = tmp_path / "runs" / "done"
+    model = get_model("resnet20", num_classes=10)
+    atomic_torch_save(make_checkpoint(model=model, arch={"name": "resnet20", "options": {"num_classes": 10}},
+                                      config={}, training=TrainingState(epoch=TRAIN["epochs"])), run / "last.pth")
+    stale, writing = run / ".best.pth.k3j_9x0a.tmp", run / ".last.pth.w1r1t1ng.tmp"
+    kept = [writing, run / ".notes.tmp", run / "sub" / ".last.pth.s0bf0ld3.tmp"]  # not ours, or being written
+    for path in [stale, *kept]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    config = experiment(tmp_path, "done", train=TRAIN)
+    with open(writing, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as atomic_write_bytes holds the file it writes
+        result = succeeded(run_script(TRAINER, "--json", str(config), "--resume", str(run / "last.pth"),
+                                      cwd=tmp_path))
+    assert f"Removed 1 temporary file(s) that an interrupted save left in {run}: {stale.name}" in result.stdout
+    assert not stale.exists() and all(path.exists() for path in kept)
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
 def test_stopped_fine_tuning_resumes_the_pruning_run(work: Path) -> None:
     from models import get_model
     from utils.checkpoint.format import make_checkpoint
@@ -241,7 +330,18 @@ def test_stopped_fine_tuning_resumes_the_pruning_run(work: Path) -> None:
     assert command[-2:] == ["--resume", "runs/sweep-2"]
     before = snapshot(run / "p0.3")
 
+    with RunDir(run).hold(subfolders=True):  # as a pruning run still going on there would
+        refused = run_script(PRUNER, *command[2:], cwd=work)
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        f"error: the run folder {Path('runs/sweep-2')} is in use by another run (pid {os.getpid()} on"), refused.stderr
+    assert snapshot(run / "p0.3") == before
+    stale = [run / "p0.3" / ".best.pth.ab12cd34.tmp", run / "p0.6" / ".last.pth.ef56gh78.tmp"]  # killed saves
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+
     resumed = succeeded(run_script(PRUNER, *command[2:], cwd=work))
+    assert "Removed 2 temporary file(s) that an interrupted save left in runs/sweep-2" in resumed.stdout
+    assert not any(path.exists() for path in stale)
     assert "Resuming runs/sweep-2/p0.3/last.pth at epoch 2" in resumed.stdout  # complete: nothing retrained
     assert "Resuming runs/sweep-2/p0.6/last.pth at epoch 0, step" in resumed.stdout
     assert snapshot(run / "p0.3")["last.pth"] == before["last.pth"]

@@ -15,6 +15,7 @@ that prunes from its step hook; filters are zeroed while training and removed at
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from typing import Any
@@ -41,6 +42,14 @@ from utils.core.rundir import RunDir
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
          export: tuple[str, ...] = ()) -> int:
+    with contextlib.ExitStack() as held:  # the run directory, held from before its first write to the end
+        return run_pruning(cfg, held, gpu=gpu, visdom=visdom, resume=resume, export=export)
+
+
+def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int | None, visdom: bool,
+                resume: str | None, export: tuple[str, ...]) -> int:
+    """Prune, evaluate, fine-tune and report: a new run, or the resumed run ``resume``; the run directory is held
+    (:meth:`~utils.core.rundir.RunDir.hold`) on ``held`` once it is known."""
     if cfg.prune.method not in METHODS:
         raise UserError(f"prune.method: unknown method {cfg.prune.method!r}; known: {', '.join(METHODS.names())}")
     check_export(cfg, export)
@@ -50,6 +59,8 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     if resume is not None:
         run = open_run_to_resume(resume, cfg)
     device = select_device(gpu)
+    if resume is not None:
+        held.enter_context(run.hold(subfolders=True))
     seed_everything(cfg.seed)
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
     data = build_data(cfg, train=retrains, device=device, channels_last=cfg.retrain.channels_last)
@@ -63,6 +74,7 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
     if resume is None:
         run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
         print(f"Run directory: {run.path}")
+        held.enter_context(run.hold(subfolders=True))
         run.write_json("config.json", config)
     else:
         print(f"Resuming the run in {run.path}: pruning again, retraining from its checkpoints")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from torch import nn
@@ -21,6 +22,15 @@ from utils.train.fit import Loaders, RunTarget, fit, resume_point
 
 def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False, resume: str | None = None,
          evaluate_only: bool = False, export: tuple[str, ...] = ()) -> int:
+    with contextlib.ExitStack() as held:  # the run directory, held from before its first write to the end
+        return run_training(cfg, held, gpu=gpu, visdom=visdom, resume=resume, evaluate_only=evaluate_only,
+                            export=export)
+
+
+def run_training(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int | None, visdom: bool,
+                 resume: str | None, evaluate_only: bool, export: tuple[str, ...]) -> int:
+    """Train (a new run, or on from ``resume``) or only evaluate; the run directory is held
+    (:meth:`~utils.core.rundir.RunDir.hold`) on ``held`` once it is known."""
     if export and evaluate_only and resume is None:
         raise UserError("--export with --evaluate exports the checkpoint given with --resume, beside it; add "
                         "--resume CKPT")
@@ -56,10 +66,12 @@ def main(cfg: ExperimentConfig, *, gpu: int | None = None, visdom: bool = False,
         if saved_train is not None and saved_train != cfg.to_dict()["train"]:
             print(f"note: the train section differs from the one {resume} was trained with; continuing with the "
                   "experiment file's")
+        held.enter_context(run.hold())
         print(f"{resume_point(resume, ckpt)} in {run.path}")
     else:
         run = RunDir.create(cfg.output.dir, cfg.name, overwrite=cfg.output.overwrite)
         print(f"Run directory: {run.path}")
+        held.enter_context(run.hold())
     config = {**cfg.to_dict(), "provenance": provenance(device)}
     if resume is None:
         run.write_json("config.json", config)

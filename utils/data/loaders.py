@@ -3,8 +3,11 @@ torchrun, and as many workers as the machine's cores allow."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import random
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +21,7 @@ from utils.data.catalog import DataBundle
 from utils.data.folder import _loader_view  # which items and collate an ImageFolder split's loaders use
 from utils.data.imagefiles import UnreadableImages
 from utils.data.sampling import SeededAugmentation, SeededSampler
+from utils.train.interrupt import STOP_SIGNALS
 
 __all__ = ["MAX_AUTO_WORKERS", "auto_workers", "build_loaders"]
 
@@ -42,15 +46,36 @@ def auto_workers(processes: int = 1) -> int:
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and ``random`` in each worker from torch's per-worker seed (itself drawn from the loader's generator).
+    """Seed numpy and ``random`` in each worker from torch's per-worker seed (itself drawn from the loader's generator),
+    and make the worker ignore the signals that stop a run.
 
     torch seeds itself per worker, but numpy/random would otherwise start from the parent's state in every worker
     (forked copies), repeating the same "random" numbers across workers.
+
+    Ctrl-C, ``timeout``, SLURM and systemd signal the whole process group, workers included; a worker that died of
+    SIGTERM would end the run with a DataLoader error before the training process could stop at the step and save
+    (:mod:`utils.train.interrupt`), and each worker would print the stop message again. Workers end when the loader
+    shuts them down, when the training process dies (torch's watchdog), or at its exit (:func:`_end_workers`).
     """
     del worker_id
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _end_workers() -> None:
+    """Kill the DataLoader workers still alive when the training process exits (a loader kept alive to the end, as by
+    the traceback of an error): multiprocessing would send them SIGTERM, which they ignore, and wait forever."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report each as a worker that failed
+    for process in multiprocessing.active_children():
+        if process.daemon:  # torch's workers; multiprocessing ends every daemonic child at exit anyway
+            process.kill()
+
+
+# Run by multiprocessing's exit hook before it terminates and joins the children (whatever the atexit order).
+multiprocessing.util.Finalize(None, _end_workers, exitpriority=0)
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -7,6 +7,10 @@ written is then what is kept.
 
 Outside a training loop, :func:`terminate_as_interrupt` makes SIGTERM behave like Ctrl-C, so a job killed by a
 scheduler unwinds through the same clean-up (no half-written temporary files) instead of dying on the spot.
+
+Ctrl-C in a terminal, ``timeout``, SLURM and systemd signal every process of the job, DataLoader workers included.
+The workers ignore :data:`STOP_SIGNALS` (:func:`utils.data.loaders._seed_worker`): the training process alone
+stops, at the step, and says so once.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals that stop a run (and that its DataLoader workers ignore)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as a shell reports a killed job
 
 
