@@ -222,7 +222,7 @@ def test_training_run_writes_config_metrics_and_checkpoints(baseline: Run, work:
     config = json.loads((baseline.path / "config.json").read_text())
     assert config["name"] == NAME and config["model"]["arch"] == "resnet20" and config["data"] == {
         **cifar("data"), "download": False, "mean": None, "std": None, "image_size": None, "decode": "pil",
-        "loader": "torchvision"}
+        "loader": "torchvision", "skip_bad_images": False}
     assert config["train"]["lr"] == 0.05 and config["train"]["epochs"] == 2  # the override wins over the file
     assert config["output"] == {"dir": "runs", "overwrite": False}
     assert config["retrain"] == {"epochs": 0, "lr": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
