@@ -32,6 +32,7 @@ import resource
 import signal
 import struct
 import subprocess
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,6 +153,61 @@ def _image_tree(folder: Path, name: str, extra: dict[str, bytes] | None = None,
     return root
 
 
+def _edited(path: Path, save: Callable[[Path], Path], edit: Callable[[dict[str, Any]], object], *,
+            compressed: bool = False) -> Path:
+    """What ``save`` writes at ``path``, changed by ``edit`` (a checkpoint dict or a state dict, in place) and written
+    again: as torch.save writes it, or compressed (``utils.checkpoint.compress.save_compressed``)."""
+    from utils.checkpoint.compress import save_compressed
+
+    obj = torch.load(save(path), weights_only=True)
+    edit(obj)
+    if compressed:
+        save_compressed(path, obj)
+    else:
+        torch.save(obj, path)
+    return path
+
+
+def _nan_weights(state_dict: dict[str, torch.Tensor]) -> None:
+    state_dict["layer1.0.conv1.weight"][0, 0, :, 0] = float("nan")  # 3 values of 2304
+
+
+def _code_carrying(folder: Path) -> Path:
+    """Weights beside an object whose unpickling opens (creates) ``code_ran`` in the folder: refused unread, the
+    folder stays as it was; loaded with weights_only=False, the row would fail on the new file."""
+
+    class Hook:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(folder / "code_ran"), "w"))
+
+    path = _save_state_dict(folder / "weights" / "with_code.pth", "resnet20")
+    torch.save({"state_dict": torch.load(path, weights_only=True), "hook": Hook()}, path)
+    return path
+
+
+def _zip_of_notes(folder: Path) -> Path:
+    path = folder / "weights" / "notes.zip.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "the weights are on the shared drive")
+    return path
+
+
+def _pickled_model(folder: Path) -> Path:
+    from models import get_model
+
+    path = folder / "weights" / "whole_model.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(get_model("resnet20", num_classes=10), path)
+    return path
+
+
+def _protocol_4(folder: Path) -> Path:
+    path = _save_state_dict(folder / "weights" / "protocol_4.pth", "resnet20")
+    torch.save(torch.load(path, weights_only=True), path, pickle_protocol=4)
+    return path
+
+
 def _imagefolder_with_empty_class(folder: Path) -> Path:
     from PIL import Image
 
@@ -210,6 +266,31 @@ FILES: dict[str, Callable[[Path], Path]] = {
     "link_to_class": lambda d: _image_tree(d, "link_to_class", links={"val/kitty": "cat"}),
 
     # checkpoints (the checkpoint room)
+    "nan_state_dict": lambda d: _edited(d / "weights" / "nan_state_dict.pth",
+                                        functools.partial(_save_state_dict, arch="resnet20"), _nan_weights),
+    "nan_toolkit": lambda d: _edited(d / "weights" / "nan_toolkit.pth",
+                                     functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                     lambda c: _nan_weights(c["state_dict"])),
+    "nan_compressed": lambda d: _edited(d / "weights" / "nan.sparse.pth",
+                                        functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                        lambda c: _nan_weights(c["state_dict"]), compressed=True),
+    "inf_buffer": lambda d: _edited(d / "weights" / "inf_running_var.pth",
+                                    functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                    lambda c: c["state_dict"]["bn1.running_var"][:2].fill_(float("inf"))),
+    "r20_100_classes": lambda d: _save_toolkit_checkpoint(d / "weights" / "resnet20_100_classes.pth", "resnet20", 100),
+    "with_code": _code_carrying,
+    "whole_model": _pickled_model,
+    "protocol_4": _protocol_4,
+    "zip_of_notes": _zip_of_notes,
+    "no_state_dict": lambda d: _edited(d / "weights" / "no_state_dict.pth",
+                                       functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                       lambda c: c.pop("state_dict")),
+    "no_arch": lambda d: _edited(d / "weights" / "no_arch.pth",
+                                 functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                 lambda c: c.pop("arch")),
+    "unknown_option": lambda d: _edited(d / "weights" / "unknown_option.pth",
+                                        functools.partial(_save_toolkit_checkpoint, arch="resnet20"),
+                                        lambda c: c["arch"]["options"].update(width=2)),
 
     # the run folder (training, run directories)
     "long_log": lambda d: _interrupted_with_a_long_log(d / "long_log"),
@@ -420,6 +501,42 @@ CASES: dict[str, Case] = {
                                       edits={"data.name": "imagefolder", "data.root": "{link_to_class}"}),
 
     # checkpoints (the checkpoint room)
+    "checkpoint_nan_weights": Case(TRAINER, ("checkpoint {nan_state_dict}: layer1.0.conv1.weight holds NaN",
+                                             "(3 NaN of 2304)", "training diverged", "use an earlier"),
+                                   edits={"model.checkpoint": "{nan_state_dict}"}),
+    "checkpoint_nan_weights_pruned": Case(PRUNER, ("checkpoint {nan_toolkit}: layer1.0.conv1.weight holds NaN",
+                                                   "(3 NaN of 2304)"), edits={"model.checkpoint": "{nan_toolkit}"}),
+    "checkpoint_nan_compressed": Case(PRUNER, ("checkpoint {nan_compressed}: layer1.0.conv1.weight holds NaN",),
+                                      edits={"model.checkpoint": "{nan_compressed}"}),
+    "checkpoint_inf_running_var": Case(PRUNER, ("checkpoint {inf_buffer}: bn1.running_var holds NaN or infinite",
+                                                "(2 infinite of 16)"), edits={"model.checkpoint": "{inf_buffer}"}),
+    "resume_nan_weights": Case(TRAINER, ("checkpoint {nan_toolkit}: layer1.0.conv1.weight holds NaN",),
+                               args=("--resume", "{nan_toolkit}")),
+    "checkpoint_more_classes": Case(TRAINER, ("{r20_100_classes}", "predicts 100 classes but the dataset has 10",
+                                              "data.name"), edits={"model.checkpoint": "{r20_100_classes}"}),
+    "resume_more_classes": Case(TRAINER, ("{r20_100_classes}", "predicts 100 classes but the dataset has 10"),
+                                args=("--evaluate", "--resume", "{r20_100_classes}")),
+    "checkpoint_carries_code": Case(TRAINER, ("checkpoint {with_code} holds Python objects other than tensors",
+                                              "refused for safety: io.open;", "weights_only=False would run code",
+                                              "if you trust its source, convert it once"),
+                                    edits={"model.checkpoint": "{with_code}"}),
+    "resume_pickled_model": Case(TRAINER, ("checkpoint {whole_model} holds Python objects other than tensors",
+                                           "models.resnet_cifar.", "model.state_dict() of a saved model",
+                                           "give that as model.checkpoint"), args=("--resume", "{whole_model}")),
+    "checkpoint_pickle_protocol_4": Case(TRAINER, ("checkpoint {protocol_4} was saved with pickle protocol 4",
+                                                   "weights_only=True", "convert it once"),
+                                         edits={"model.checkpoint": "{protocol_4}"}),
+    "checkpoint_zip_not_a_checkpoint": Case(PRUNER, ("checkpoint {zip_of_notes} is not a PyTorch checkpoint",
+                                                     "a zip archive of readme.txt", "<name>/data.pkl",
+                                                     "check model.checkpoint"),
+                                            edits={"model.checkpoint": "{zip_of_notes}"}),
+    "checkpoint_no_state_dict": Case(PRUNER, ("{no_state_dict}: the checkpoint has no 'state_dict'",
+                                              "edited or stripped"), edits={"model.checkpoint": "{no_state_dict}"}),
+    "resume_no_arch": Case(TRAINER, ("{no_arch}: the checkpoint has no 'arch'", "edited or stripped"),
+                           args=("--resume", "{no_arch}")),
+    "checkpoint_unknown_option": Case(TRAINER, ("{unknown_option}: arch.options.width",
+                                                "not an option of model 'resnet20'", "it takes num_classes, shortcut",
+                                                "was edited"), edits={"model.checkpoint": "{unknown_option}"}),
 
     # the run folder (training, run directories). A run folder that became read-only is refused before any work, and
     # a full disk while appending to metrics.jsonl leaves the log as it was (no half line).

@@ -1,1 +1,2 @@
-"""Checkpoints as data: the format, the one module that reads any checkpoint, compression and ONNX export."""
+"""Checkpoints as data: the format, the one module that reads any checkpoint (and why a file cannot be read),
+compression and ONNX export."""

@@ -10,14 +10,14 @@ is known (the other shortcut option, another depth), which model option to chang
 Accepted files: a bare state dict, or a dict that wraps one under ``state_dict`` (akamaster, this
 project's own checkpoints) or ``model``. A ``module.`` prefix from ``nn.DataParallel`` is removed.
 Files are read with ``weights_only=True``: a checkpoint is data, and unpickling arbitrary objects
-from a downloaded file can run code.
+from a downloaded file can run code; a file torch cannot read is explained by :mod:`utils.checkpoint.diagnose`.
+Weights with NaN or infinite values (a diverged training run) are refused too.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import get_model, model_options
+from models import get_model, list_models, model_options
 from pruning.masks import validate_masks
 from pruning.surgery import apply_shapes
 from utils.checkpoint.compress import expand_checkpoint, is_compressed_checkpoint
+from utils.checkpoint.diagnose import explain_unreadable, first_line, listed
 from utils.checkpoint.format import FORMAT_VERSION, is_toolkit_checkpoint
 from utils.core.errors import UserError
 
@@ -39,54 +40,6 @@ _DATA_PARALLEL_PREFIX = "module."
 # Old checkpoints (before PyTorch 0.4.1, e.g. akamaster's) have no BatchNorm step counter. The
 # counter only matters for BatchNorm with momentum=None, so the model's own value is kept.
 _TOLERATED_MISSING_SUFFIX = "num_batches_tracked"
-_KEYS_SHOWN = 3
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else {EOFError: "unexpected end of file"}.get(type(exc), type(exc).__name__)
-    line = line.split(". ")[0]  # torch appends paragraphs of advice to the first sentence, which is the news
-    if line.strip("'").isdigit():  # a KeyError from inside the unpickler says only "101"
-        line = f"{type(exc).__name__} {line}"
-    return line if len(line) <= 100 else line[:97] + "..."
-
-
-# What torch.save writes first: a zip archive (PyTorch >= 1.6) or a pickle (legacy format, protocol 2+).
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
-_HEAD_SHOWN = 16
-
-
-def _header_problem(path: Path) -> str | None:
-    """What the first bytes of ``path`` say about a file torch cannot read, or None when they look like torch's.
-
-    torch's own errors for such files ("Unsupported operand 110", "KeyError 101") describe the unpickler's state, not
-    the file; the header tells an empty file, a text file (an HTML error page saved by a failed download, notes) and
-    random bytes apart, and a zip archive that breaks off before its end is a file cut short.
-    """
-    try:
-        with path.open("rb") as f:
-            head = f.read(_HEAD_SHOWN)
-    except OSError:
-        return None
-    if not head:
-        return "the file is empty"
-    if head.startswith(_ZIP_MAGIC):
-        return "a zip archive that ends early or is damaged: was it cut short while saving, copying or downloading?"
-    if head[0] == _PICKLE_PROTO:
-        return None
-    text = head.decode("utf-8", errors="replace")  # the cut may split a character: only the last one can be lost
-    if all(c != "\ufffd" and (c.isprintable() or c.isspace()) for c in text.rstrip("\ufffd")):
-        return f"it is a text file that begins {text.strip()!r}"
-    return (f"it begins with the bytes {head[:4].hex(' ')}, not a zip archive ({_ZIP_MAGIC[:2].decode()}) or a "
-            "pickle as torch.save writes")
-
-
-def _corrupt(path: Path, exc: BaseException, reason: str | None = None, *, key: str = "model.checkpoint") -> str:
-    reason = reason or _first_line(exc)
-    header = _header_problem(path)
-    reason = f"{reason}; {header}" if header else reason
-    return f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint ({reason}); check {key}"
 
 
 def read_checkpoint_file(path: str | os.PathLike[str], *, key: str = "model.checkpoint") -> Any:
@@ -101,27 +54,23 @@ def read_checkpoint_file(path: str | os.PathLike[str], *, key: str = "model.chec
         raise UserError(f"checkpoint not found: {path}; check {key}")
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory, not a weights file; check {key}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({exc.strerror or _first_line(exc)}); check its "
-                        f"permissions or {key}") from exc
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses classes outside its allow-list ("Unsupported global: GLOBAL x.y.Z");
-        # any other unpickling error (also wrapped in its long "Weights only load failed" text) is damage.
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if refused:
-            raise UserError(
-                f"checkpoint {path} holds pickled Python objects ({refused.group(1)}), not only tensors; "
-                f"save model.state_dict() instead, since loading arbitrary objects can run code"
-            ) from exc
-        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
-        raise UserError(_corrupt(path, exc, detail.group(1) if detail else None, key=key)) from exc
-    # A damaged file fails anywhere inside the deserialiser, and the exception type depends on where:
-    # observed are RuntimeError (zip reader, short storage), EOFError, OSError, struct.error and
-    # KeyError (a text file). All of them mean the same thing to the user, so all are caught here.
-    except Exception as exc:
-        raise UserError(_corrupt(path, exc, key=key)) from exc
+    # What torch warns about on the way to an error (a pickle protocol it "might not support") the error line says
+    # better; warnings from a file that loads are passed on.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except PermissionError as exc:
+            raise UserError(f"checkpoint {path} cannot be read ({exc.strerror or first_line(exc)}); check its "
+                            f"permissions or {key}") from exc
+        # A damaged file fails anywhere inside the deserialiser, and the exception type depends on where: observed
+        # are RuntimeError (zip reader, short storage), EOFError, OSError, struct.error, KeyError (a text file) and
+        # UnpicklingError, which weights_only also raises for what it refuses. The file itself tells which.
+        except Exception as exc:
+            raise UserError(explain_unreadable(path, exc, key)) from exc
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return obj
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -163,11 +112,6 @@ def _apply_aliases(state_dict: Mapping[str, torch.Tensor], aliases: Mapping[str,
     return renamed
 
 
-def _some(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_KEYS_SHOWN])
-    return shown + (f" (and {len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else "")
-
-
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Load ``state_dict`` into ``model`` with strict keys and shapes; ``source`` names it in errors.
 
@@ -195,14 +139,37 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     if missing or unexpected:
         parts = [f"checkpoint {source} does not match the model"]
         if missing:
-            parts.append(f"missing keys {_some(missing)}")
+            parts.append(f"missing keys {listed(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {_some(unexpected)}")
+            parts.append(f"unexpected keys {listed(unexpected)}")
         hint_of = getattr(model, "checkpoint_hint", None)
         hint = hint_of(missing, unexpected) if callable(hint_of) else None
         parts.append(hint or "was it made for another architecture or model option?")
         raise UserError("; ".join(parts))
+    check_finite(state_dict, source=source)
     model.load_state_dict(loaded, strict=True)
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """A UserError naming the first tensor of ``state_dict`` with NaN or infinite values, and how many it has.
+
+    Every floating-point (and complex) tensor is checked: weights and biases, and buffers such as BatchNorm's running
+    mean and variance, which a diverged training run also fills with NaN. Such weights evaluate to chance, prune to
+    NaN thresholds (so nothing is pruned), and in training blame the learning rate for a loss that was never finite.
+    """
+    bad = [key for key, t in state_dict.items()
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    tensor = state_dict[bad[0]]
+    nan = int(torch.isnan(tensor).sum())
+    infinite = tensor.numel() - nan - int(torch.isfinite(tensor).sum())
+    counts = " and ".join(part for part in (f"{nan} NaN" if nan else "", f"{infinite} infinite" if infinite else "")
+                          if part)
+    more = f", as do {listed(bad[1:])}" if len(bad) > 1 else ""
+    raise UserError(f"checkpoint {source}: {bad[0]} holds NaN or infinite values ({counts} of {tensor.numel()}){more}; "
+                    "such weights cannot be evaluated, pruned or trained (was it saved after training diverged?): "
+                    "use an earlier or another checkpoint")
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -224,8 +191,42 @@ def check_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise UserError(f"{path}: checkpoint format version {version} is not supported by this version of the tool "
                         f"(it reads version {FORMAT_VERSION}); use the tool version that wrote it "
-                        f"(git commit {obj.get('provenance', {}).get('git_commit', 'unknown')})")
-    return expand_checkpoint(obj, source=path) if is_compressed_checkpoint(obj) else obj
+                        f"(git commit {_commit(obj)})")
+    ckpt = expand_checkpoint(obj, source=path) if is_compressed_checkpoint(obj) else obj
+    _check_fields(ckpt, path)
+    return ckpt
+
+
+def _commit(ckpt: Mapping[str, Any]) -> str:
+    """The git commit of the tool that wrote ``ckpt`` (from its provenance), or "unknown"."""
+    provenance = ckpt.get("provenance")
+    return str(provenance.get("git_commit", "unknown")) if isinstance(provenance, Mapping) else "unknown"
+
+
+def _check_fields(ckpt: Mapping[str, Any], path: str | Path) -> None:
+    """The fields a model is rebuilt from, ``arch``, ``state_dict`` and ``masks``, are there and of their types (a
+    hand-edited or stripped file otherwise fails with a KeyError deep in the loading)."""
+    arch, state_dict = ckpt.get("arch"), ckpt.get("state_dict")
+    problem = None
+    for field, what in (("arch", "the model's name and options"), ("state_dict", "the weights")):
+        if field not in ckpt:
+            problem = f"has no {field!r} ({what})"
+            break
+    else:
+        if not (isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
+                and isinstance(arch.get("options"), Mapping)):
+            problem = f"'arch' is {arch!r:.60}, not {{'name': <model>, 'options': {{...}}}}"
+        elif not isinstance(state_dict, Mapping):
+            problem = f"'state_dict' is a {type(state_dict).__name__}, not a dict of tensors"
+        elif not isinstance(ckpt.get("masks") or {}, Mapping):
+            problem = f"'masks' is a {type(ckpt['masks']).__name__}, not a dict of bool tensors"
+        else:
+            odd = next((key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)), None)
+            if odd is not None:
+                problem = f"'state_dict' entry {odd!r} is a {type(state_dict[odd]).__name__}, not a tensor"
+    if problem:
+        raise UserError(f"{path}: the checkpoint {problem}; the file was edited or stripped: use it as the tool wrote "
+                        "it, or another checkpoint")
 
 
 @dataclass
@@ -238,8 +239,16 @@ class LoadedModel:
 
 def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
     """Build the model ``arch`` describes: registry name and options, then, for a physically pruned model,
-    the per-module sizes in ``arch["shapes"]`` (see :func:`pruning.surgery.pruned_shapes`)."""
-    model = get_model(arch["name"], **arch["options"])
+    the per-module sizes in ``arch["shapes"]`` (see :func:`pruning.surgery.pruned_shapes`).
+
+    A UserError names the key inside ``arch``: ``arch.name: ...``, ``arch.options.<option>: ...``, ``arch.shapes: ...``.
+    """
+    if arch["name"] not in list_models():
+        raise UserError(f"arch.name: unknown model {arch['name']!r}; known models: {', '.join(list_models())}")
+    try:
+        model = get_model(arch["name"], **arch["options"])
+    except UserError as exc:  # the builder's message begins with the option it is about
+        raise UserError(f"arch.options.{exc}") from None
     if arch.get("shapes"):
         apply_shapes(model, arch["shapes"])
     return model
@@ -257,18 +266,27 @@ def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
 
     ``key`` names where the path came from in messages about an unreadable file (``--resume`` when ``ckpt`` is not
     given: :func:`build_model` reads ``model.checkpoint`` itself and passes what it found). With ``num_classes``
-    (the dataset's), a model that predicts fewer classes is an error here rather than an IndexError in the loss.
+    (the dataset's), a model that predicts another number of classes is an error here: fewer would be an IndexError
+    in the loss, more a top-1 over classes the data does not have.
     """
     ckpt = check_checkpoint(read_checkpoint_file(path, key=key) if ckpt is None else ckpt, path)
     arch = ckpt["arch"]
+    if arch["name"] not in list_models():  # before anything suggests model.arch: that name
+        raise UserError(f"{path}: the checkpoint holds a model {arch['name']!r} that this version of the tool does not "
+                        f"know (known: {', '.join(list_models())}); use the version that wrote it (git commit "
+                        f"{_commit(ckpt)})")
     if expect_arch is not None and arch["name"] != expect_arch:
         raise UserError(f"{path}: the checkpoint holds a {arch['name']} but model.arch is {expect_arch!r}; set "
                         f"model.arch to {arch['name']!r} or pick another checkpoint")
-    if num_classes is not None and _outputs(arch) < num_classes:
+    if num_classes is not None and _outputs(arch) != num_classes:  # fewer: an IndexError; more: a wrong top-1
         raise UserError(f"{path}: the checkpoint's {arch['name']} predicts {_outputs(arch)} classes but the dataset "
                         f"has {num_classes}; pick a checkpoint trained on this dataset, or check data.name and "
                         "data.root")
-    model = build_model_from_arch(arch)
+    try:
+        model = build_model_from_arch(arch)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}; the checkpoint was edited, or written by another version of the tool (git "
+                        f"commit {_commit(ckpt)})") from None
     load_state_dict_strict(model, ckpt["state_dict"], source=str(path))
     masks = ckpt.get("masks") or None
     if masks:
