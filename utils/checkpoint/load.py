@@ -204,19 +204,17 @@ def _commit(ckpt: Mapping[str, Any]) -> str:
 
 
 def _check_fields(ckpt: Mapping[str, Any], path: str | Path) -> None:
-    """The fields a model is rebuilt from, ``arch``, ``state_dict`` and ``masks``, are there and of their types (a
-    hand-edited or stripped file otherwise fails with a KeyError deep in the loading)."""
-    arch, state_dict = ckpt.get("arch"), ckpt.get("state_dict")
+    """The fields every reader of a checkpoint uses, ``arch``, ``state_dict`` and ``masks``, are there and of their
+    types (a hand-edited or stripped file otherwise fails with a KeyError deep in the loading). What ``arch`` must hold
+    to rebuild a model is checked where a model is rebuilt (:func:`load_toolkit_checkpoint`)."""
+    state_dict = ckpt.get("state_dict")
     problem = None
     for field, what in (("arch", "the model's name and options"), ("state_dict", "the weights")):
         if field not in ckpt:
             problem = f"has no {field!r} ({what})"
             break
     else:
-        if not (isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
-                and isinstance(arch.get("options"), Mapping)):
-            problem = f"'arch' is {arch!r:.60}, not {{'name': <model>, 'options': {{...}}}}"
-        elif not isinstance(state_dict, Mapping):
+        if not isinstance(state_dict, Mapping):
             problem = f"'state_dict' is a {type(state_dict).__name__}, not a dict of tensors"
         elif not isinstance(ckpt.get("masks") or {}, Mapping):
             problem = f"'masks' is a {type(ckpt['masks']).__name__}, not a dict of bool tensors"
@@ -225,8 +223,19 @@ def _check_fields(ckpt: Mapping[str, Any], path: str | Path) -> None:
             if odd is not None:
                 problem = f"'state_dict' entry {odd!r} is a {type(state_dict[odd]).__name__}, not a tensor"
     if problem:
-        raise UserError(f"{path}: the checkpoint {problem}; the file was edited or stripped: use it as the tool wrote "
-                        "it, or another checkpoint")
+        _edited(path, problem)
+
+
+def _check_arch(arch: Any, path: str | Path) -> None:
+    """``arch`` describes a model to rebuild: a dict with the registered name and the builder's options."""
+    if not (isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
+            and isinstance(arch.get("options"), Mapping)):
+        _edited(path, f"'arch' is {arch!r:.60}, not {{'name': <model>, 'options': {{...}}}}")
+
+
+def _edited(path: str | Path, problem: str) -> None:
+    raise UserError(f"{path}: the checkpoint {problem}; the file was edited or stripped: use it as the tool wrote it, "
+                    "or another checkpoint")
 
 
 @dataclass
@@ -271,6 +280,7 @@ def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
     """
     ckpt = check_checkpoint(read_checkpoint_file(path, key=key) if ckpt is None else ckpt, path)
     arch = ckpt["arch"]
+    _check_arch(arch, path)
     if arch["name"] not in list_models():  # before anything suggests model.arch: that name
         raise UserError(f"{path}: the checkpoint holds a model {arch['name']!r} that this version of the tool does not "
                         f"know (known: {', '.join(list_models())}); use the version that wrote it (git commit "
