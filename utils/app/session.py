@@ -66,7 +66,7 @@ class Session:
                                visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix))
             return fit(model, loaders=Loaders(train=self.data.train_loader, test=self.data.test_loader),
                        optim=optim, device=self.device, target=target, masks=masks, resume=resume,
-                       schedule=schedule or ScheduleHooks())
+                       schedule=schedule)
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
