@@ -40,7 +40,7 @@ from utils.core import choices
 from utils.core.errors import UserError
 
 __all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "filter_masks", "filters_to_remove", "masked_filters",
-           "plan_filters", "prune_filters", "remove_filters", "select_filters"]
+           "plan_every_group", "plan_filters", "prune_filters", "remove_filters", "select_filters"]
 
 STRATEGIES = choices.FILTER_STRATEGIES
 """``independent``: every layer ranked on the original weights; ``greedy``: kernels on input channels
@@ -197,6 +197,19 @@ def plan_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequ
         values = values * len(layers)
     return FilterPlan(graph=graph, names=names, groups=_plan(graph, names, layers, kind, values, skip),
                       strategy=strategy)
+
+
+def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "independent",
+                     example_input: torch.Tensor | None = None) -> FilterPlan:
+    """A plan that removes ``ceil(ratio * n)`` channels of every prunable group of ``model`` (residual groups and
+    groups of several producers included), leaving out groups that would be emptied: the "prune everything by
+    one ratio" baseline, and what the prunability benchmark measures."""
+    if not 0 <= ratio < 1:
+        raise UserError(f"ratio: expected a number in [0, 1), got {ratio!r}")
+    graph = analyse(model, example_input)
+    groups = {index: ([], filters_to_remove(group.channels, ratio)) for index, group in enumerate(graph.groups)
+              if group.prunable and filters_to_remove(group.channels, ratio) < group.channels}
+    return FilterPlan(graph=graph, names=layer_names(model, graph), groups=groups, strategy=strategy)
 
 
 def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int] | None = None,
