@@ -1,32 +1,32 @@
 """How channel identity flows through each op of a traced model: the rules :func:`pruning.dependency.analyse`
 applies node by node (the module docstring of :mod:`pruning.dependency` lists them and what they cannot see).
 
-A rule takes the :class:`TraceContext` (what flows along every edge so far, and the draft groups), the node and
-its module (``None`` for a function or method call) and returns what flows out: a :class:`Chan`, or ``None``
-for a tensor whose channels are not followed. An op with no rule blocks the groups flowing into it.
+A rule takes the :class:`TraceContext` (the unit ids of every tensor so far, see :mod:`pruning.unit_ids`, and the
+union-find of units), the node and its module (``None`` for a function or method call) and returns the ids of what
+flows out: an array, a tuple of arrays (``chunk``), or ``None`` for what is not a tensor. An op with no rule blocks
+the units flowing into it. Adding an op touches only this module: write the rule, add it to a table at the end.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pruning.groups import Consumer, GroupBuilder
+from pruning.groups import Record, UnitBuilder
+from pruning.unit_ids import along_axis, compact, expand, varying
+from utils.core.tvguard import torchvision
 
-__all__ = ["Chan", "Rule", "TraceContext", "has_state", "node_shape", "rule_for"]
+__all__ = ["Rule", "TraceContext", "arrays", "has_state", "node_shape", "rule_for"]
 
-
-class Chan(NamedTuple):
-    """What flows along a graph edge: a group id, and ``None`` for an (N, C, H, W) tensor or the
-    per-channel feature count for a tensor flattened to (N, C*H*W)."""
-
-    group: int
-    spatial: int | None
+# A parameter used directly in the forward pass gets one id per element; larger ones (an attention block's qkv
+# weight handed to a function) are not followed: their elements are one blocked unit.
+_PARAM_LIMIT = 1 << 16
 
 
 def node_shape(node: Any) -> tuple[int, ...] | None:
@@ -44,221 +44,377 @@ def _where(node: fx.Node) -> str:
     return next(reversed(stack), None) or "the model's own forward"
 
 
-def _what(node: fx.Node, module: nn.Module | None) -> str:
+def _what(node: fx.Node, module: nn.Module | None) -> str:  # for messages: ``Conv2d layer1.0.conv1``
     if module is not None:
         return f"{type(module).__name__} {node.target}"
     name = getattr(node.target, "__name__", str(node.target))
     return f"{name} in {_where(node)}"
 
 
+def arrays(value: Any) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in arrays(v)]
+    return []
+
+
 class TraceContext:
-    """The state of one trace: what flows along every edge so far, the draft groups, and which groups every
-    conv reads and writes."""
+    """The state of one trace: the ids of every tensor so far, the union-find of units, and every module dimension
+    that carries them (:class:`~pruning.groups.Record`)."""
 
-    def __init__(self, builder: GroupBuilder) -> None:
+    def __init__(self, builder: UnitBuilder, root: nn.Module) -> None:
         self.b = builder
-        self.info: dict[fx.Node, Chan | None] = {}
+        self.root = root
+        self.info: dict[fx.Node, Any] = {}
+        self.records: list[Record] = []
+        self.params: list[tuple[str, np.ndarray, int]] = []  # (name, ids of every element, position)
         self.convs: list[str] = []  # every Conv2d call, in execution order
-        self.reads: dict[str, int | None] = {}  # conv -> draft group of its input channels
-        self.writes: dict[str, int] = {}  # conv -> draft group of its output channels
+        self.linears: list[str] = []
+        self.grouped: set[str] = set()
+        self.position = 0
 
-    def chan(self, arg: Any) -> Chan | None:
-        return self.info.get(arg) if isinstance(arg, fx.Node) else None
+    def ids(self, arg: Any) -> np.ndarray | None:
+        """The ids of tensor ``arg``; a tensor the trace does not follow gets one fresh blocked id."""
+        value = self.info.get(arg) if isinstance(arg, fx.Node) else None
+        if isinstance(value, np.ndarray):
+            return value
+        shape = node_shape(arg)
+        if shape is None:
+            return None
+        return self.fresh(len(shape), "its channels come from a value the channel analysis does not follow")
 
-    def first(self, node: fx.Node) -> Chan | None:
-        return self.chan(node.args[0]) if node.args else None
+    def fresh(self, ndim: int, reason: str) -> np.ndarray:
+        return self.b.new(1, blocked=reason).reshape((1,) * ndim)
 
-    def tracked(self, node: fx.Node) -> list[Chan]:
-        return [chan for arg in node.all_input_nodes if (chan := self.info.get(arg)) is not None]
+    def tie(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for a, b in pairs:
+            self.b.union_arrays(a, b)
+
+    def along(self, arg: Any, axis: int) -> np.ndarray:
+        """The 1-D ids along ``axis`` of tensor ``arg`` (a weight is applied along it)."""
+        shape = node_shape(arg)
+        ids = self.ids(arg)
+        column, ties = along_axis(ids, axis % len(shape), shape[axis])
+        self.tie(ties)
+        return column
+
+    def record(self, module: str, role: str, ids: np.ndarray, dim: int = 0) -> None:
+        self.records.append(Record(module, role, np.asarray(ids, dtype=np.int64), self.position, dim))
 
     def block_inputs(self, node: fx.Node, reason: str) -> None:
-        for chan in self.tracked(node):
-            self.b.block(chan.group, reason)
+        for arg in node.all_input_nodes:
+            for ids in arrays(self.info.get(arg)):
+                self.b.block(ids, reason)
 
-    def unknown(self, node: fx.Node, module: nn.Module | None = None) -> None:
-        self.block_inputs(node, f"its channels go through {_what(node, module)}, which the channel analysis "
-                                "does not follow")
+    def unknown(self, node: fx.Node, module: nn.Module | None = None) -> Any:
+        reason = f"its channels go through {_what(node, module)}, which the channel analysis does not follow"
+        self.block_inputs(node, reason)
+        shape = node_shape(node)
+        return self.fresh(len(shape), reason) if shape is not None else None
 
 
-Rule = Callable[[TraceContext, fx.Node, nn.Module | None], "Chan | None"]
+Rule = Callable[[TraceContext, fx.Node, nn.Module | None], Any]
 
 
-def _passthrough(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """Elementwise ops, pooling, dropout, identity: channel ``c`` stays channel ``c``."""
-    x = ctx.first(node)
-    if x is None:
-        return None
-    shape, before = node_shape(node), node_shape(node.args[0])
-    same = shape is not None and before is not None and len(shape) == len(before) and shape[1] == before[1]
-    if not same:
-        ctx.unknown(node, module)
-        return None
+def _passthrough(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """Elementwise ops, pooling, dropout, identity: channel ``c`` stays channel ``c`` (sizes may change only along
+    axes the ids do not vary along: spatial pooling, ``expand`` of a size-1 axis)."""
+    x = ctx.ids(node.args[0]) if node.args else None
+    shape, before = node_shape(node), node_shape(node.args[0]) if node.args else None
+    if x is None or shape is None or before is None or len(shape) != len(before):
+        return ctx.unknown(node, module)
+    if any(shape[axis] != before[axis] for axis in varying(x)):
+        return ctx.unknown(node, module)
     return x
 
 
-def _conv(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
+def _conv(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     assert isinstance(module, nn.Conv2d)
-    name, x = str(node.target), ctx.first(node)
+    name = str(node.target)
     ctx.convs.append(name)
-    if x is not None and x.spatial is not None:
-        ctx.unknown(node, module)
-        x = None
-    ctx.reads[name] = x.group if x is not None else None
-    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-    if depthwise:
-        if x is None:  # input not followed: its channels cannot change, and neither can this conv's
-            out = ctx.b.new(module.out_channels, blocked=f"depthwise conv {name} reads channels that are not followed")
-            ctx.writes[name] = out
-            return Chan(out, None)
-        ctx.b.draft(x.group).depthwise.append(name)
-        ctx.writes[name] = x.group
-        return x
-    if module.groups > 1:  # grouped, not depthwise: channels would have to go in whole groups
-        reason = f"grouped conv {name} (groups={module.groups}) is not supported by filter pruning"
-        if x is not None:
-            ctx.b.block(x.group, reason)
-        out = ctx.b.new(module.out_channels, blocked=reason)
+    inputs = ctx.along(node.args[0], 1)
+    out = ctx.b.new(module.out_channels)
+    if module.groups == 1:
+        ctx.record(name, "conv_in", inputs)
+        ctx.record(name, "conv_out", out)
+    else:  # one unit per conv group: its input and output channels go together, so ``groups`` stays valid
+        per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
+        for k in range(module.groups):
+            chunk = np.concatenate([inputs[k * per_in:(k + 1) * per_in], out[k * per_out:(k + 1) * per_out]])
+            ctx.tie([(chunk[:1].repeat(len(chunk) - 1), chunk[1:])])
+        ctx.grouped.add(name)
+        ctx.record(name, "grouped", out)
+    return out.reshape(1, -1, 1, 1)
+
+
+def _norm(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """BatchNorm: per-channel statistics and affine, along axis 1."""
+    ctx.record(str(node.target), "norm", ctx.along(node.args[0], 1))
+    return ctx.ids(node.args[0])
+
+
+def _channel_norm(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """LayerNorm/GroupNorm: every output depends on the statistics of all normalised channels, so removing one
+    changes the others; the pruned model would not compute what the masked one does. Blocked."""
+    ctx.block_inputs(node, f"{_what(node, module)} normalises across these channels (removing one changes the "
+                           "others' outputs)")
+    return ctx.ids(node.args[0])
+
+
+def _linear(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    assert isinstance(module, nn.Linear)
+    name = str(node.target)
+    ctx.linears.append(name)
+    ctx.record(name, "linear_in", ctx.along(node.args[0], -1))
+    out = ctx.b.new(module.out_features)
+    ctx.record(name, "linear_out", out)
+    return out.reshape((1,) * (len(node_shape(node)) - 1) + (-1,))
+
+
+def _sizes(node: fx.Node) -> list[Any]:
+    """The target sizes of ``view``/``reshape`` as written in the graph (ints, or nodes computed at run time)."""
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    return list(sizes or node.kwargs.get("shape", ()))
+
+
+def _reshape(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """Any reshape (``view``, ``flatten``, ``squeeze``...) keeps the element order: the ids are reshaped alike. A size
+    written into the graph as a number cannot follow pruning, so the axes it fixes may not lose channels: where
+    the channels are split over several axes (a channel shuffle's ``view(n, groups, c // groups, h, w)``), the
+    channels at the same place of each of the fixed axes are tied; a single channel axis of fixed size is blocked
+    (torchvision's ViT writes its hidden size into a ``reshape``)."""
+    x, before, after = ctx.ids(node.args[0]), node_shape(node.args[0]), node_shape(node)
+    full = expand(x, before) if x is not None and before is not None and after is not None else None
+    if full is None:
+        return ctx.unknown(node, module)
+    out = compact(full.reshape(after))
+    moving = varying(out)
+    if str(node.target) not in ("view", "reshape") and node.target is not torch.reshape:
+        return out
+    sizes = _sizes(node)
+    fixed = [a for a in moving if a < len(sizes) and isinstance(sizes[a], int) and sizes[a] != -1]
+    free = [a for a in moving if a not in fixed]
+    if not fixed:
+        return out
+    if len(free) != 1:
+        ctx.b.block(out, f"{_what(node, module)} writes the channel count into the graph as a number")
+        return out
+    column, ties = along_axis(out, free[0], after[free[0]])
+    ctx.tie(ties)
+    shape = [1] * len(after)
+    shape[free[0]] = len(column)
+    return column.reshape(shape)
+
+
+def _permute(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``permute``/``transpose``: the ids' axes move alike (ConvNeXt's channels-last blocks, a channel shuffle)."""
+    x, shape = ctx.ids(node.args[0]), node_shape(node)
+    if x is None or shape is None:
+        return ctx.unknown(node, module)
+    ndim = x.ndim
+    if str(node.target) == "transpose" or node.target is torch.transpose:
+        a, b = (node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1")))
+        order = list(range(ndim))
+        order[a % ndim], order[b % ndim] = order[b % ndim], order[a % ndim]
     else:
-        if x is not None:
-            ctx.b.draft(x.group).consumers.append(Consumer(name, "conv"))
-        out = ctx.b.new(module.out_channels)
-        ctx.b.draft(out).producers.append(name)
-    ctx.writes[name] = out
-    return Chan(out, None)
+        dims = node.args[1:] or (node.kwargs.get("dims"),)
+        order = list(dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
+    if sorted(d % ndim for d in order) != list(range(ndim)):
+        return ctx.unknown(node, module)
+    return np.ascontiguousarray(np.transpose(x, [d % ndim for d in order]))
 
 
-def _norm(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    x = ctx.first(node)
-    if x is None:
-        return None
-    if x.spatial is not None:
-        ctx.unknown(node, module)
-        return None
-    ctx.b.draft(x.group).norms.append(str(node.target))
-    return x
+def _cat(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``torch.cat``: the ids are concatenated; each input's channels sit at their offset in the output."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    shapes = [node_shape(t) for t in tensors]
+    parts = [ctx.ids(t) for t in tensors]
+    if not parts or any(p is None for p in parts) or any(s is None for s in shapes):
+        return ctx.unknown(node, module)
+    axis = dim % len(shapes[0])
+    target = [max(p.shape[a] for p in parts) for a in range(len(shapes[0]))]
+    pieces = []
+    for part, shape in zip(parts, shapes, strict=True):
+        target[axis] = shape[axis]
+        pieces.append(np.broadcast_to(part, target))
+    return compact(np.concatenate(pieces, axis=axis))
 
 
-def _linear(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    x = ctx.first(node)
-    if x is None:
-        return None
-    if x.spatial is None:  # a linear layer over the last (spatial) dimension of a feature map
-        ctx.unknown(node, module)
-        return None
-    ctx.b.draft(x.group).consumers.append(Consumer(str(node.target), "linear", x.spatial))
-    return None
+def _chunk(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``chunk``/``split`` into equal pieces: the pieces keep equal sizes after pruning only if the channel at the
+    same place of every piece goes together, so those are tied. Unequal or fixed-size pieces are blocked."""
+    x, shape = ctx.ids(node.args[0]), node_shape(node.args[0])
+    count = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks", node.kwargs.get("split_size_or_sections"))
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    if x is None or shape is None or not isinstance(dim, int):
+        return ctx.unknown(node, module)
+    axis = dim % len(shape)
+    chunked = str(node.target) == "chunk" or node.target is torch.chunk
+    pieces = count if chunked else (shape[axis] // count if isinstance(count, int) and count else None)
+    if not isinstance(pieces, int) or pieces < 1 or shape[axis] % pieces:
+        return ctx.unknown(node, module)
+    if x.shape[axis] == 1:
+        return tuple(x for _ in range(pieces))
+    parts = np.split(x, pieces, axis=axis)
+    if not chunked:  # split(size) writes the piece size into the graph: it cannot follow pruning
+        for part in parts:
+            ctx.b.block(part, f"{_what(node, module)} splits at a size written into the graph")
+        return tuple(parts)
+    ctx.tie([(parts[0], part) for part in parts[1:]])
+    return tuple(parts)
 
 
-def _flatten(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """(N, C, H, W) -> (N, C*H*W) keeps channel ``c`` as the block of H*W features at ``c*H*W``."""
-    x = ctx.first(node)
-    if x is None:
-        return None
-    before, after = node_shape(node.args[0]), node_shape(node)
-    if before is None or after is None:
-        ctx.unknown(node, module)
-        return None
-    if x.spatial is not None and after == before:
-        return x
-    if x.spatial is None and len(before) == 4 and after == (before[0], before[1] * before[2] * before[3]):
-        return Chan(x.group, before[2] * before[3])
-    ctx.unknown(node, module)
-    return None
-
-
-def _add(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """A residual sum: all tensor operands must keep the same channels, so their groups become one."""
-    out = node_shape(node)
+def _binary(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``+ - * /`` of tensors: the channels at the same place of the operands are tied (a residual sum; a
+    squeeze-and-excitation gate of shape (N, C, 1, 1) times its features; a layer-scale parameter). An operand
+    broadcast along the channel axis (a spatial gate of one channel) is not tied. A number keeps the channels."""
     operands = [arg for arg in (*node.args, *node.kwargs.values()) if isinstance(arg, fx.Node) and node_shape(arg)]
-    chans = [ctx.chan(arg) for arg in operands]
-    followed = [chan for chan in chans if chan is not None]
-    if not followed:
-        return None
-    if out is None or any(chan is None for chan in chans) or any(node_shape(arg) != out for arg in operands) or \
-            len({chan.spatial for chan in followed}) > 1:
-        ctx.block_inputs(node, f"its channels are added to a tensor the channel analysis does not follow "
-                               f"(or broadcast) in {_where(node)}")
-        return None
-    group = followed[0].group
-    for chan in followed[1:]:
-        group = ctx.b.union(group, chan.group)
-    if len(followed) > 1:
-        ctx.b.draft(group).summed = True
-    return Chan(group, followed[0].spatial)
-
-
-def _scale(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """A tensor times/over a Python number keeps its channels; with another tensor it is an unknown op."""
-    operands = [*node.args, *node.kwargs.values()]
-    tensors = [arg for arg in operands if isinstance(arg, fx.Node)]
-    if len(tensors) == 1 and all(isinstance(arg, (int, float)) for arg in operands if arg is not tensors[0]):
-        return ctx.chan(tensors[0])
-    ctx.unknown(node, module)
-    return None
-
-
-_METADATA = frozenset({"shape", "dtype", "device", "ndim", "is_cuda"})
-
-
-def _query(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """``x.size()``, ``x.shape``, ``x.dim()``, ``len(x)``: metadata, not a tensor that carries channels."""
-    if node.target is getattr and node.args[1] not in _METADATA:  # x.T, x.mT, ...: a tensor after all
-        ctx.unknown(node, module)
-    return None
-
-
-def _getitem(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """Slicing that keeps dims 0 and 1 whole (``x[:, :, ::2, ::2]``) passes the channels through."""
-    x = ctx.first(node)
-    if x is None:
-        return None
-    index = node.args[1]
-    whole = slice(None, None, None)
-    if isinstance(index, tuple) and len(index) >= 2 and index[0] == whole and index[1] == whole and \
-            all(isinstance(i, slice) for i in index):
-        return x
-    ctx.unknown(node, module)
-    return None
-
-
-def _pad(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Chan | None:
-    """Spatial padding passes channels through; channel zero-padding (option-A shortcut) blocks them."""
-    x = ctx.first(node)
-    if x is None:
-        return None
-    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
-    if x.spatial is not None or not isinstance(pad, (tuple, list)) or len(pad) > 6:
-        ctx.unknown(node, module)
-        return None
-    if len(pad) <= 4 or tuple(pad[4:6]) == (0, 0):
-        return x
-    where = _where(node)
-    reason = (f"the zero-padding shortcut {where} places these channels at an offset inside a wider residual sum "
-              "(option-A shortcut; build the model with shortcut B to prune residual channels)")
-    ctx.b.block(x.group, reason)
     out = node_shape(node)
-    return Chan(ctx.b.new(out[1] if out else 0, blocked=reason), None)
+    if out is None:
+        return None
+    if len(operands) == 1:
+        return ctx.ids(operands[0])
+    aligned = []
+    for arg in operands:
+        ids, shape = ctx.ids(arg), node_shape(arg)
+        pad = len(out) - len(shape)
+        aligned.append((ids.reshape((1,) * pad + ids.shape), (1,) * pad + shape))
+    full = [ids for ids, shape in aligned if shape == out]
+    if not full:
+        return ctx.unknown(node, module)
+    result = np.broadcast_to(full[0], np.broadcast_shapes(*(ids.shape for ids in full)))
+    tied = len(full)
+    for ids in full[1:]:
+        ctx.b.union_arrays(result, np.broadcast_to(ids, result.shape))
+    for ids, shape in aligned:
+        if shape == out:
+            continue
+        spread = [a for a in range(len(out)) if shape[a] == 1 < out[a]]
+        if any(result.shape[a] > 1 for a in spread):
+            continue
+        shape_both = np.broadcast_shapes(result.shape, ids.shape)
+        result = np.broadcast_to(result, shape_both)
+        ctx.b.union_arrays(result, np.broadcast_to(ids, shape_both))
+        tied += 1
+    is_sum = node.target in (operator.add, operator.iadd, operator.sub, torch.add, torch.sub) or \
+        str(node.target) in ("add", "add_", "sub", "sub_", "__add__", "__iadd__")
+    if is_sum and tied > 1:
+        ctx.b.summed.update(np.unique(result).tolist())
+    return np.ascontiguousarray(result)
 
 
-# Module types -> rule. isinstance order matters only for subclasses, which none of these have in torch.
+def _reduce(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``mean``/``sum``/``amax`` over spatial axes (a global average pool): channels pass, the reduced axes go."""
+    x, before, after = ctx.ids(node.args[0]), node_shape(node.args[0]), node_shape(node)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if x is None or before is None or after is None or dims is None:
+        return ctx.unknown(node, module)
+    axes = sorted({d % len(before) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))})
+    if any(x.shape[a] > 1 for a in axes):
+        return ctx.unknown(node, module)
+    return x if len(after) == len(before) else x.reshape([s for a, s in enumerate(x.shape) if a not in axes])
+
+
+def _getitem(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """One piece of a ``chunk``; slicing: along axes the ids do not vary along (spatial slicing, a class token)
+    the channels pass; slicing channels at fixed bounds blocks them (the bounds cannot follow pruning)."""
+    value, index = ctx.info.get(node.args[0]), node.args[1]
+    if isinstance(value, tuple):
+        return value[index] if isinstance(index, int) else ctx.unknown(node, module)
+    x = ctx.ids(node.args[0])
+    entries = index if isinstance(index, tuple) else (index,)
+    if x is None or any(not isinstance(e, (slice, int, type(None), type(Ellipsis))) for e in entries):
+        return ctx.unknown(node, module)  # advanced indexing with tensors
+    consumed = sum(1 for e in entries if e is not None and e is not Ellipsis)
+    small, axis, whole = [], 0, slice(None)
+    for entry in entries:
+        if entry is None or entry is Ellipsis:
+            small.append(entry)
+            axis += (x.ndim - consumed) if entry is Ellipsis else 0
+            continue
+        if x.shape[axis] > 1:
+            small.append(entry)
+            if entry != whole:
+                ctx.b.block(x, f"{_what(node, module)} slices channels at fixed bounds")
+        else:
+            small.append(0 if isinstance(entry, int) else whole)
+        axis += 1
+    return np.ascontiguousarray(x[tuple(small)])
+
+
+def _pad(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """Spatial padding passes channels through; channel zero-padding (option-A shortcut) blocks them."""
+    x, shape = ctx.ids(node.args[0]), node_shape(node)
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    if x is None or shape is None or not isinstance(pad, (tuple, list)):
+        return ctx.unknown(node, module)
+    padded = [x.ndim - 1 - i for i in range(len(pad) // 2) if tuple(pad[2 * i:2 * i + 2]) != (0, 0)]
+    if not any(x.shape[axis] > 1 for axis in padded):
+        return x
+    reason = (f"the zero-padding shortcut {_where(node)} places these channels at an offset inside a wider "
+              "residual sum (option-A shortcut; build the model with shortcut B to prune residual channels)")
+    ctx.b.block(x, reason)
+    axis = next(a for a in padded if x.shape[a] > 1)
+    new_shape = [1] * len(shape)
+    new_shape[axis] = shape[axis]
+    return ctx.b.new(shape[axis], blocked=reason).reshape(new_shape)
+
+
+def _attr(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """A parameter used directly (a layer scale, a class token, a position embedding): one id per element, sorted
+    out at the end of the trace (:func:`pruning.dependency.analyse` keeps it when its ids vary along one axis)."""
+    value = ctx.root
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    if isinstance(value, nn.Parameter) and 0 < value.numel() <= _PARAM_LIMIT and value.ndim >= 1:
+        ids = ctx.b.new(value.numel()).reshape(value.shape)
+        ctx.params.append((str(node.target), ids, ctx.position))
+        return ids
+    if isinstance(value, torch.Tensor):
+        return ctx.fresh(value.ndim, f"its channels meet the tensor {node.target}, which the channel analysis does "
+                                     "not follow")
+    return None
+
+
+def _query(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
+    """``x.size()``, ``x.shape``, ``x.dim()``, ``len(x)``: metadata, not a tensor that carries channels."""
+    if node.target is getattr and node.args[1] not in ("shape", "dtype", "device", "ndim", "is_cuda"):
+        return ctx.unknown(node, module)
+    return None
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+                nn.Sigmoid, nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d,
+                nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d)
+
+# Module types -> rule. isinstance order matters only for subclasses (torchvision's LayerNorm2d is a LayerNorm).
 _MODULE_RULES: tuple[tuple[type[nn.Module] | tuple[type[nn.Module], ...], Rule], ...] = (
     (nn.Conv2d, _conv),
-    (nn.BatchNorm2d, _norm),
+    ((nn.BatchNorm1d, nn.BatchNorm2d), _norm),
+    ((nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm), _channel_norm),
     (nn.Linear, _linear),
-    (nn.Flatten, _flatten),
-    ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
-      nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d,
-      nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), _passthrough),
+    ((nn.Flatten, nn.Unflatten), _reshape),
+    (_ACTIVATIONS, _passthrough),
 )
 
 _FUNCTION_RULES: dict[Any, Rule] = {
-    **dict.fromkeys((F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish,
+    **dict.fromkeys((F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, F.mish,
                      F.hardsigmoid, F.hardtanh, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.dropout,
-                     F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
-                    _passthrough),
-    **dict.fromkeys((torch.flatten, torch.reshape), _flatten),
-    **dict.fromkeys((operator.add, operator.iadd, torch.add), _add),
-    **dict.fromkeys((operator.mul, operator.truediv, torch.mul), _scale),
+                     F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                     torchvision.ops.stochastic_depth), _passthrough),
+    **dict.fromkeys((torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze), _reshape),
+    **dict.fromkeys((torch.permute, torch.transpose), _permute),
+    **dict.fromkeys((operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
+                     torch.add, torch.sub, torch.mul, torch.div), _binary),
+    **dict.fromkeys((torch.mean, torch.sum, torch.amax), _reduce),
+    torch.cat: _cat,
+    torch.concat: _cat,
+    torch.chunk: _chunk,
+    torch.split: _chunk,
     operator.getitem: _getitem,
     F.pad: _pad,
     getattr: _query,
@@ -266,10 +422,13 @@ _FUNCTION_RULES: dict[Any, Rule] = {
 }
 
 _METHOD_RULES: dict[str, Rule] = {
-    **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"), _passthrough),
-    **dict.fromkeys(("flatten", "view", "reshape"), _flatten),
-    **dict.fromkeys(("add", "add_", "__add__", "__iadd__"), _add),
-    **dict.fromkeys(("mul", "mul_", "div", "div_"), _scale),
+    **dict.fromkeys(("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "expand", "expand_as"),
+                    _passthrough),
+    **dict.fromkeys(("flatten", "view", "reshape", "squeeze", "unsqueeze"), _reshape),
+    **dict.fromkeys(("permute", "transpose"), _permute),
+    **dict.fromkeys(("add", "add_", "__add__", "__iadd__", "sub", "sub_", "mul", "mul_", "div", "div_"), _binary),
+    **dict.fromkeys(("mean", "sum", "amax"), _reduce),
+    **dict.fromkeys(("chunk", "split"), _chunk),
     **dict.fromkeys(("size", "dim", "numel"), _query),
 }
 
@@ -280,6 +439,8 @@ def rule_for(node: fx.Node, module: nn.Module | None) -> Rule | None:
         return next((rule for kind, rule in _MODULE_RULES if isinstance(module, kind)), None)
     if node.op == "call_method":
         return _METHOD_RULES.get(str(node.target))
+    if node.op == "get_attr":
+        return _attr
     return _FUNCTION_RULES.get(node.target)
 
 
@@ -287,4 +448,3 @@ def has_state(module: nn.Module) -> bool:
     """Whether a module has its own parameters or buffers; calling a stateless one twice (torchvision's
     BasicBlock reuses its ``relu``) shares nothing that pruning would have to resize."""
     return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
-

@@ -41,12 +41,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pruning.channel_rules import Chan, TraceContext, has_state, node_shape, rule_for
-from pruning.groups import ChannelGraph, ChannelGroup, GroupBuilder
+from pruning.channel_rules import TraceContext, arrays, has_state, node_shape, rule_for
+from pruning.groups import ChannelGraph, ChannelGroup, UnitBuilder, freeze, written_and_read
 from utils.core.errors import UserError
 
 __all__ = ["analyse", "build_groups", "default_example_input"]
@@ -91,55 +92,64 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example_input: torch
             module.train(training)
 
 
-def _follow(gm: fx.GraphModule, ctx: TraceContext) -> dict[str, int]:
-    """Apply every node's rule in execution order; returns each module's first execution position."""
+def _follow(gm: fx.GraphModule, ctx: TraceContext) -> None:
+    """Apply every node's rule in execution order."""
     calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
-    order: dict[str, int] = {}
     for position, node in enumerate(gm.graph.nodes):
+        ctx.position = position
         module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
         if node.op == "placeholder":
             shape = node_shape(node)
-            fixed = ctx.b.new(shape[1], blocked="its channels are the model's input") if shape and len(shape) >= 2 \
-                else None
-            ctx.info[node] = Chan(fixed, None) if fixed is not None else None
-            continue
-        if node.op == "get_attr":
-            ctx.info[node] = None
+            ctx.info[node] = None if not shape else \
+                ctx.b.new(shape[1], blocked="its channels are the model's input").reshape(
+                    (1, shape[1]) + (1,) * (len(shape) - 2)) if len(shape) >= 2 else \
+                ctx.fresh(len(shape), "its channels are the model's input")
             continue
         if node.op == "output":
             ctx.block_inputs(node, "its channels are the model's output")
             continue
-        if module is not None:
-            order.setdefault(str(node.target), position)
         rule = rule_for(node, module)
-        if rule is None:  # whatever it returns (a tensor, a tuple of them), its inputs' channels are pinned
-            ctx.unknown(node, module)
-            ctx.info[node] = None
-            continue
-        ctx.info[node] = rule(ctx, node, module)
+        ctx.info[node] = rule(ctx, node, module) if rule is not None else ctx.unknown(node, module)
         if module is not None and calls[node.target] > 1 and has_state(module):
-            for chan in [ctx.info[node], *ctx.tracked(node)]:
-                if chan is not None:
-                    ctx.b.block(chan.group, f"module {node.target} is called more than once (shared weights)")
-    return order
+            reason = f"module {node.target} is called more than once (shared weights)"
+            ctx.block_inputs(node, reason)
+            for ids in arrays(ctx.info[node]):
+                ctx.b.block(ids, reason)
+
+
+def _keep_params(ctx: TraceContext) -> None:
+    """A parameter used directly becomes a member along the one axis its units vary along; one whose units vary
+    along several axes cannot be sliced: blocked."""
+    roots = ctx.b.roots()
+    for name, ids, position in ctx.params:
+        units = roots[ids]
+        axes = [a for a in range(units.ndim) if units.shape[a] > 1 and
+                not np.array_equal(np.broadcast_to(np.take(units, [0], axis=a), units.shape), units)]
+        if len(axes) == 1:
+            ctx.position = position
+            column = np.moveaxis(ids, axes[0], 0).reshape(ids.shape[axes[0]], -1)[:, 0]
+            ctx.record(name, "param", column, dim=axes[0])
+        elif units.size > 1:
+            ctx.b.block(ids, f"parameter {name} mixes channels along several dimensions")
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor | None = None) -> ChannelGraph:
     """Trace ``model`` and return its channel groups (see the module docstring for the rules).
 
-    ``example_input`` (one batch, e.g. ``torch.zeros(1, 3, 32, 32)``) only sets the spatial sizes
-    that a linear layer after ``flatten`` sees; it defaults to :func:`default_example_input`.
+    ``example_input`` (one batch, e.g. ``torch.zeros(1, 3, 32, 32)``) only sets the shapes the trace sees; it
+    defaults to :func:`default_example_input`.
     """
     if example_input is None:
         example_input = default_example_input(model)
     gm = _trace(model)
     _propagate_shapes(gm, model, example_input)
-    builder = GroupBuilder()
-    ctx = TraceContext(builder)
-    groups, index = builder.freeze(_follow(gm, ctx))
-    reads = {conv: (index[g] if g is not None else None) for conv, g in ctx.reads.items()}
-    writes = {conv: index[g] for conv, g in ctx.writes.items()}
-    return ChannelGraph(groups=groups, convs=list(ctx.convs), reads=reads, writes=writes)
+    ctx = TraceContext(UnitBuilder(), gm)
+    _follow(gm, ctx)
+    _keep_params(ctx)
+    groups, group_index = freeze(ctx.b, ctx.records)
+    writes, reads = written_and_read(ctx.records, group_index)
+    return ChannelGraph(groups=groups, convs=list(dict.fromkeys(ctx.convs)), reads=reads, writes=writes,
+                        grouped=frozenset(ctx.grouped), linears=tuple(dict.fromkeys(ctx.linears)))
 
 
 def build_groups(model: nn.Module, example_input: torch.Tensor | None = None) -> list[ChannelGroup]:

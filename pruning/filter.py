@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from pruning.dependency import analyse
-from pruning.groups import ChannelGraph
+from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
 from pruning.importance import group_scores
 from pruning.naming import LayerNames, layer_names
-from pruning.surgery import pruned_shapes, remove_channels
+from pruning.surgery import pruned_shapes, remove_units
 from utils.core import choices
 from utils.core.errors import UserError
 
@@ -122,7 +122,8 @@ def _plan(graph: ChannelGraph, names: LayerNames, layers: Sequence[str], kind: s
 
     by_group: dict[int, list[str]] = {}
     for layer in requested:
-        by_group.setdefault(graph.writes[names.module(layer)], []).append(layer)
+        for index in graph.writes[names.module(layer)]:
+            by_group.setdefault(index, []).append(layer)
     plan: dict[int, tuple[list[str], int]] = {}
     for index, asked in by_group.items():
         group = graph.groups[index]
@@ -130,13 +131,12 @@ def _plan(graph: ChannelGraph, names: LayerNames, layers: Sequence[str], kind: s
         described = first if names.module(first) == first else f"{first} ({names.module(first)})"
         members = [names.canonical(p) for p in group.producers]
         others = ", ".join(m for m in members if m != first)
-        free = [sel for sel, members_ in names.selectors.items()
-                if all(graph.group_of(names.module(m)).prunable_alone for m in members_)]
+        free = [sel for sel, members_ in names.selectors.items() if all(graph.alone(names.module(m)) for m in members_)]
         instead = f"; prune the layers that are free alone instead ({', '.join(free)})" if free else ""
         if not group.prunable:
             coupled = f" feeds a residual sum together with {others} and" if group.summed and others else ""
             raise UserError(f"prune.layers: {described}{coupled} cannot be pruned: {group.blocked}{instead}")
-        if len(members) > 1:
+        if group.summed and len(members) > 1:
             missing = [m for m in members if m not in asked]
             if missing:
                 selector = _selector_for(names, set(members))
@@ -193,7 +193,7 @@ def plan_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequ
         kind, values = _amounts(channels, ratios, len(layers))
     else:  # every layer that may be pruned alone, all by the same amount
         kind, values = _amounts(channels, ratios, None)
-        layers = [name for name in names.layers if graph.group_of(names.module(name)).prunable_alone]
+        layers = [name for name in names.layers if graph.alone(names.module(name))]
         values = values * len(layers)
     return FilterPlan(graph=graph, names=names, groups=_plan(graph, names, layers, kind, values, skip),
                       strategy=strategy)
@@ -212,6 +212,21 @@ def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "indepen
     return FilterPlan(graph=graph, names=layer_names(model, graph), groups=groups, strategy=strategy)
 
 
+def _greedy_ignore(graph: ChannelGraph, group: ChannelGroup, removed: Mapping[int, Sequence[int]]
+                   ) -> dict[str, list[int]]:
+    """``{producer: its input channels already removed from the groups it reads}`` (Li et al.'s greedy strategy)."""
+    ignore: dict[str, list[int]] = {}
+    for producer in group.producers:
+        positions = []
+        for read in graph.reads.get(producer, ()):
+            member = graph.groups[read].member(producer, *READERS)
+            if removed.get(read) and member is not None:
+                positions += member.positions(removed[read])
+        if positions:
+            ignore[producer] = sorted(positions)
+    return ignore
+
+
 def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int] | None = None,
                    first: dict[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
     """``{group index: the channels to remove, sorted}``: the ``count`` smallest-scored of each planned group.
@@ -225,12 +240,7 @@ def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int]
     for index in sorted(plan.groups):
         group = plan.graph.groups[index]
         count = plan.groups[index][1] if counts is None else counts[index]
-        ignore = {}
-        if plan.strategy == "greedy":
-            for producer in group.producers:
-                read = plan.graph.reads.get(producer)
-                if read is not None and removed_of_group.get(read):
-                    ignore[producer] = removed_of_group[read]
+        ignore = _greedy_ignore(plan.graph, group, removed_of_group) if plan.strategy == "greedy" else {}
         scores = group_scores(model, group, ignore_in_channels=ignore)
         if first and first.get(index):
             if len(first[index]) > count:
@@ -245,37 +255,46 @@ def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int]
 def filter_masks(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence[int]]) -> dict[str, torch.Tensor]:
     """Masks (True = kept) that zero the ``removed`` channels of every planned group instead of removing them.
 
-    A channel is zero downstream of its writers when each writer's filter (weight row and bias) and each BatchNorm
-    scale and shift on it are zero: BatchNorm then outputs ``0 * x_hat + 0 = 0`` in training and in eval mode,
-    a depthwise conv on a zero channel gives its bias (zeroed too), activations keep 0 at 0, and a residual sum
-    of zero channels is zero. So the masked model computes exactly what the model with the channels physically
-    removed computes (:mod:`pruning.sensitivity` relies on the same identity), and the readers of the channel
-    (next conv, linear layer) need no mask: their weights on it multiply zeros, and go with the channel when it
-    is removed. Every parameter of every planned group gets a mask, all True where nothing is removed yet, so the
-    set of masks is the same at every step of a schedule.
+    Every parameter slice that physically removing the channel would delete is zeroed: the writers' filters (weight
+    rows and bias), the BatchNorm scale and shift, a grouped conv's filters on it, a parameter used directly, and the
+    readers' weights on it (the next conv's input kernels, a linear layer's input features). A removed channel then
+    contributes nothing downstream, whatever activation it passes through (``sigmoid(0)`` is not 0, a BatchNorm adds
+    its shift to a zero input), so the masked model computes exactly what the model with the channels removed
+    computes, in training and in eval mode (:mod:`pruning.sensitivity` relies on the same identity). Every
+    parameter of every planned group gets a mask, all True where nothing is removed yet, so the set of masks is the
+    same at every step of a schedule. A parameter shared by several groups (a conv's rows in one, its input kernels
+    in another) gets one mask holding both.
     """
     masks: dict[str, torch.Tensor] = {}
     for index in sorted(plan.groups):
         group = plan.graph.groups[index]
-        gone = torch.as_tensor(sorted(removed.get(index, ())), dtype=torch.long)
-        for name in group.producers + group.depthwise + group.norms:
-            module = model.get_submodule(name)
-            for param_name in ("weight", "bias"):
-                param = getattr(module, param_name, None)
-                if param is None:
-                    continue
-                mask = torch.ones(param.shape, dtype=torch.bool, device=param.device)
-                mask[gone.to(param.device)] = False  # output channel = dim 0 for conv, depthwise conv and BN
-                masks[f"{name}.{param_name}"] = mask
+        for member in group.members:
+            positions = member.positions(removed.get(index, ()))
+            for name, param, dim in _member_params(model, member):
+                mask = masks.get(name)
+                if mask is None:
+                    mask = masks[name] = torch.ones(param.shape, dtype=torch.bool, device=param.device)
+                mask.index_fill_(dim, torch.tensor(positions, dtype=torch.long, device=param.device), False)
     return masks
+
+
+def _member_params(model: nn.Module, member: Member) -> list[tuple[str, torch.Tensor, int]]:
+    """``(name, parameter, dimension carrying the member's positions)`` for every parameter of ``member``."""
+    if member.role == "param":
+        return [(member.module, model.get_parameter(member.module), member.dim)]
+    module = model.get_submodule(member.module)
+    dim = 1 if member.role in READERS else 0
+    names = ("weight",) if member.role in READERS else ("weight", "bias")
+    return [(f"{member.module}.{n}", getattr(module, n), dim) for n in names if getattr(module, n, None) is not None]
 
 
 def masked_filters(plan: FilterPlan, masks: Mapping[str, torch.Tensor]) -> dict[int, list[int]]:
     """The channels of each planned group that ``masks`` (from :func:`filter_masks`) zero: ``{group: [channels]}``."""
     found: dict[int, list[int]] = {}
     for index in sorted(plan.groups):
-        kept = masks[f"{plan.graph.groups[index].producers[0]}.weight"]
-        found[index] = [c for c, row in enumerate(kept.flatten(1).any(dim=1).tolist()) if not row]
+        member = next(m for m in plan.graph.groups[index].members if m.role in WRITERS)
+        rows = masks[f"{member.module}.weight"].flatten(1).any(dim=1)
+        found[index] = [u for u, positions in enumerate(member.index) if not rows[list(positions)].any()]
     return found
 
 
@@ -290,9 +309,8 @@ def remove_filters(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequen
             removed_by_layer[layer] = list(gone)
             widths[layer] = (group.channels, group.channels - len(gone))
             modules[layer] = plan.names.module(layer)
-        if gone:
-            gone_set = set(gone)
-            remove_channels(model, group, [c for c in range(group.channels) if c not in gone_set])
+    indices = sorted(plan.groups)
+    remove_units(model, [plan.graph.groups[i] for i in indices], [sorted(removed.get(i, ())) for i in indices])
     return FilterPruneResult(removed=removed_by_layer, widths=widths, modules=modules, shapes=pruned_shapes(model),
                              strategy=plan.strategy)
 

@@ -1,26 +1,61 @@
-"""What a channel group is: channels that can only be removed together, and the modules that carry them.
+"""What a channel group is: channels that can only be removed together, and where each of them sits in each module.
 
 :func:`pruning.dependency.analyse` returns a :class:`ChannelGraph` of :class:`ChannelGroup` objects; the surgery
 (:mod:`pruning.surgery`), the scoring (:mod:`pruning.importance`) and the layer names (:mod:`pruning.naming`)
-read them. While the trace is followed, groups are drafts in a union-find (:class:`GroupBuilder`), because a
-residual sum merges groups that were separate until then; :meth:`GroupBuilder.freeze` turns the drafts into
-the frozen groups.
+read them.
+
+While the model is traced, every channel a conv or linear layer writes gets a *unit* id, and the ops that tie
+channels together (a residual sum, a BatchNorm, a depthwise conv, a per-channel gate) merge ids in a union-find
+(:class:`UnitBuilder`). A unit is what can be removed: everything that must go with one channel. Most units are
+one channel of one layer; a unit of a grouped conv's input is a whole conv group of channels. Units that touch the
+same modules in the same way form a :class:`ChannelGroup` (a conv's output channels, or a residual stream), and
+each module of the group says, per unit, which of its positions the unit occupies (:class:`Member`): channel ``c``
+of a plain conv is position ``c``; after ``torch.cat`` it sits at an offset; after ``flatten`` it owns ``H*W``
+input features of the linear layer; after a channel shuffle, a permuted position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["ChannelGraph", "ChannelGroup", "Consumer", "Draft", "GroupBuilder"]
+import numpy as np
+
+__all__ = ["READERS", "ROLES", "WRITERS", "ChannelGraph", "ChannelGroup", "Consumer", "Member", "Record", "UnitBuilder",
+           "freeze", "written_and_read"]
+
+WRITERS = ("conv_out", "linear_out")
+"""Roles whose rows are filters that write a unit's channels: what importance criteria rank (producers)."""
+READERS = ("conv_in", "linear_in")
+"""Roles that read a unit's channels through their weights' input dimension (consumers)."""
+ROLES = (*WRITERS, *READERS, "grouped", "norm", "param")
+"""``grouped``: a conv with ``groups > 1`` (depthwise included); its input and output channels of one conv group
+are one unit, so it loses whole conv groups. ``norm``: a BatchNorm. ``param``: a parameter used directly in the
+forward pass (a layer scale, a class token), sliced along ``Member.dim``."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module dimension that carries a group's channels: ``index[u]`` are the positions unit ``u`` occupies
+    along it (the weight's output rows for ``conv_out``/``linear_out``/``grouped``/``norm``, its input columns for
+    ``conv_in``/``linear_in``, dimension ``dim`` of the parameter named ``module`` for ``param``)."""
+
+    module: str
+    role: str
+    index: tuple[tuple[int, ...], ...]
+    dim: int = 0
+
+    def positions(self, units: Sequence[int]) -> list[int]:
+        """The positions of ``units``, sorted."""
+        return sorted(p for u in units for p in self.index[u])
 
 
 @dataclass(frozen=True)
 class Consumer:
-    """A module whose *input* dimension carries a group's channels.
+    """A module whose *input* dimension carries a group's channels (a view of a reader :class:`Member`).
 
-    ``kind`` is ``"conv"`` (input channels of a ``groups == 1`` conv) or ``"linear"`` (input features
-    of a linear layer after ``flatten``: channel ``c`` owns features ``c*spatial .. c*spatial+spatial-1``).
+    ``kind`` is ``"conv"`` (input channels of a ``groups == 1`` conv) or ``"linear"`` (input features of a linear
+    layer); ``spatial`` is how many input positions one channel occupies (``H*W`` after ``flatten``).
     """
 
     module: str
@@ -30,21 +65,38 @@ class Consumer:
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that can only be removed together, with the same indices, from all of these modules.
+    """Channels (units) that can only be removed together, with the same indices, from all of its members.
 
-    ``producers`` write the channels (their output filters are what is ranked and removed); ``norms``
-    (BatchNorm) and ``depthwise`` convs carry them through; ``consumers`` read them. ``summed`` says
-    the channels go through a residual sum, so there is more than one producer and none may be
-    pruned alone. ``blocked`` is why the group may not be pruned at all (``None``: it may, as a whole).
+    ``producers`` write the channels (their output filters are what is ranked and removed; a squeeze-and-excitation
+    gate that scales them is one too); ``norms`` (BatchNorm) and ``depthwise`` (grouped) convs carry them through;
+    ``consumers`` read them. ``summed`` says the channels go through a residual sum, so none of the producers of the
+    sum may be pruned alone. ``blocked`` is why the group may not be pruned at all (``None``: it may, as a whole).
     """
 
     channels: int
-    producers: tuple[str, ...]
-    norms: tuple[str, ...] = ()
-    depthwise: tuple[str, ...] = ()
-    consumers: tuple[Consumer, ...] = ()
+    members: tuple[Member, ...]
     summed: bool = False
     blocked: str | None = None
+
+    def _modules(self, *roles: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.module for m in self.members if m.role in roles))
+
+    @property
+    def producers(self) -> tuple[str, ...]:
+        return self._modules(*WRITERS)
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return self._modules("norm")
+
+    @property
+    def depthwise(self) -> tuple[str, ...]:
+        return self._modules("grouped")
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        return tuple(Consumer(m.module, m.role.removesuffix("_in"), len(m.index[0]))
+                     for m in self.members if m.role in READERS)
 
     @property
     def prunable(self) -> bool:
@@ -53,102 +105,177 @@ class ChannelGroup:
 
     @property
     def prunable_alone(self) -> bool:
-        """Whether its one producer may be pruned on its own (False when it feeds a residual sum)."""
-        return self.prunable and len(self.producers) == 1 and not self.summed
+        """Whether it may be pruned without the layers of a residual sum (False when it feeds one)."""
+        return self.prunable and not self.summed
+
+    def member(self, module: str, *roles: str) -> Member | None:
+        """The member of ``module`` in one of ``roles`` (any role when none given), if the group has one."""
+        return next((m for m in self.members if m.module == module and (not roles or m.role in roles)), None)
 
     def modules(self) -> tuple[str, ...]:
-        """Every module that changes shape when the group loses channels."""
-        return self.producers + self.depthwise + self.norms + tuple(c.module for c in self.consumers)
+        """Every module (or parameter) that changes shape when the group loses channels."""
+        return tuple(dict.fromkeys(m.module for m in self.members))
 
 
 @dataclass(frozen=True)
 class ChannelGraph:
-    """The result of :func:`analyse`: the groups plus, for every conv, which group it reads and writes."""
+    """The result of :func:`analyse`: the groups plus, for every conv and linear layer, which groups it reads and
+    writes."""
 
     groups: list[ChannelGroup]
     convs: list[str]  # every Conv2d module, in execution order
-    reads: dict[str, int | None]  # conv -> index of the group of its input channels (None: not followed)
-    writes: dict[str, int]  # conv -> index of the group of its output channels (depthwise: the one it reads)
+    reads: dict[str, tuple[int, ...]]  # conv/linear -> indices of the groups of its input channels
+    writes: dict[str, tuple[int, ...]]  # conv/linear -> indices of the groups of its output channels
+    grouped: frozenset[str] = frozenset()  # convs with groups > 1 (depthwise included)
+    linears: tuple[str, ...] = ()  # every Linear module, in execution order
 
     def group_of(self, producer: str) -> ChannelGroup:
-        return self.groups[self.writes[producer]]
+        """The one group ``producer`` writes (a layer whose channels split into several groups, as after a
+        channel shuffle, has no single group: ``ValueError``)."""
+        written = self.writes[producer]
+        if len(written) != 1:
+            raise ValueError(f"{producer} writes {len(written)} channel groups, not one")
+        return self.groups[written[0]]
+
+    def alone(self, producer: str) -> bool:
+        """Whether every group ``producer`` writes may be pruned without the other layers of a residual sum."""
+        written = self.writes.get(producer, ())
+        return bool(written) and all(self.groups[i].prunable_alone for i in written)
 
     def is_depthwise(self, conv: str) -> bool:
-        return self.reads.get(conv) == self.writes[conv]
+        """Whether ``conv`` is a grouped conv (depthwise included): it carries channels rather than writing them."""
+        return conv in self.grouped
 
 
-@dataclass
-class Draft:
-    """A group while the trace is followed: lists that grow, and merge when a residual sum joins two groups."""
-
-    channels: int
-    producers: list[str] = field(default_factory=list)
-    norms: list[str] = field(default_factory=list)
-    depthwise: list[str] = field(default_factory=list)
-    consumers: list[Consumer] = field(default_factory=list)
-    summed: bool = False
-    blocked: list[str] = field(default_factory=list)
-
-
-class GroupBuilder:
-    """Union-find over draft groups: ``union`` merges groups that were separate until then."""
+class UnitBuilder:
+    """Union-find over unit ids, with the reasons a unit is blocked and whether it goes through a residual sum."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
-        self.drafts: list[Draft] = []
+        self.blocked: dict[int, list[str]] = {}  # root -> reasons
+        self.summed: set[int] = set()  # ids (not necessarily roots) that went through a residual sum
 
-    def new(self, channels: int, *, blocked: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.drafts.append(Draft(channels=channels, blocked=[blocked] if blocked else []))
-        return len(self.parent) - 1
+    def new(self, count: int, *, blocked: str | None = None) -> np.ndarray:
+        """``count`` fresh unit ids."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        ids = np.arange(start, start + count, dtype=np.int64)
+        if blocked:
+            for i in ids.tolist():
+                self.blocked[i] = [blocked]
+        return ids
 
     def find(self, index: int) -> int:
-        while self.parent[index] != index:
-            self.parent[index] = self.parent[self.parent[index]]
-            index = self.parent[index]
+        parent = self.parent
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
         return index
-
-    def draft(self, index: int) -> Draft:
-        return self.drafts[self.find(index)]
-
-    def block(self, index: int, reason: str) -> None:
-        reasons = self.draft(index).blocked
-        if reason not in reasons:
-            reasons.append(reason)
 
     def union(self, a: int, b: int) -> int:
         a, b = self.find(a), self.find(b)
         if a == b:
             return a
-        keep, gone = self.drafts[a], self.drafts[b]
-        keep.producers += gone.producers
-        keep.norms += gone.norms
-        keep.depthwise += gone.depthwise
-        keep.consumers += gone.consumers
-        keep.summed = keep.summed or gone.summed
-        keep.blocked += [reason for reason in gone.blocked if reason not in keep.blocked]
+        if b in self.blocked:
+            reasons = self.blocked.setdefault(a, [])
+            reasons += [r for r in self.blocked.pop(b) if r not in reasons]
         self.parent[b] = a
         return a
 
-    def freeze(self, order: Mapping[str, int]) -> tuple[list[ChannelGroup], dict[int, int]]:
-        """The merged groups, ordered by their first producer (``order``: module -> execution position; every
-        module list sorted by it), and the index into that list of every draft id."""
+    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Tie ``a[i]`` to ``b[i]`` for every ``i`` (same shapes)."""
+        for x, y in set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True)):
+            if x != y:
+                self.union(x, y)
 
-        def position(module: str) -> int:
-            return order.get(module, len(order))
+    def block(self, ids: np.ndarray, reason: str) -> None:
+        for root in {self.find(i) for i in np.unique(ids).tolist()}:
+            reasons = self.blocked.setdefault(root, [])
+            if reason not in reasons:
+                reasons.append(reason)
 
-        def first_producer(root: int) -> int:
-            return min([position(m) for m in self.drafts[root].producers] or [len(order)])
+    def roots(self) -> np.ndarray:
+        """The root of every id, fully compressed."""
+        parent = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                return parent
+            parent = up
 
-        roots = sorted({self.find(i) for i in range(len(self.parent))}, key=first_producer)
-        index = {root: i for i, root in enumerate(roots)}
-        groups = []
-        for root in roots:
-            d = self.drafts[root]
-            groups.append(ChannelGroup(
-                channels=d.channels, producers=tuple(sorted(d.producers, key=position)),
-                norms=tuple(sorted(d.norms, key=position)), depthwise=tuple(sorted(d.depthwise, key=position)),
-                consumers=tuple(sorted(d.consumers, key=lambda c: position(c.module))),
-                summed=d.summed, blocked="; ".join(d.blocked) or None,
-            ))
-        return groups, {i: index[self.find(i)] for i in range(len(self.parent))}
+
+@dataclass(frozen=True)
+class Record:
+    """A member while the trace is followed: the raw unit id at every position of a module dimension."""
+
+    module: str
+    role: str
+    ids: np.ndarray
+    position: int  # the node's execution position, for ordering
+    dim: int = 0
+
+
+def freeze(builder: UnitBuilder, records: Sequence[Record]) -> tuple[list[ChannelGroup], list[np.ndarray]]:
+    """The groups, ordered by their first producer (else their first member), and for every record the group index
+    of each of its positions."""
+    roots = builder.roots()
+    blocked = {int(roots[i]): reasons for i, reasons in builder.blocked.items()}
+    summed = {int(roots[i]) for i in builder.summed}
+    per_record = [roots[r.ids] for r in records]
+    signature: dict[int, list[tuple[int, int]]] = {}
+    for k, rec_roots in enumerate(per_record):
+        values, counts = np.unique(rec_roots, return_counts=True)
+        for root, count in zip(values.tolist(), counts.tolist(), strict=True):
+            signature.setdefault(root, []).append((k, count))
+    classes: dict[tuple, list[int]] = {}
+    for root, sig in signature.items():
+        classes.setdefault((tuple(sig), root in blocked, root in summed), []).append(root)
+    groups = []
+    for (sig, _, is_summed), members_roots in classes.items():
+        writers = [k for k, _ in sig if records[k].role in WRITERS]
+        lead = min(writers or [k for k, _ in sig], key=lambda k: records[k].position)
+        # Groups without producers (the model's input) go last.
+        # Units in the order of their first position in the lead member: channel c of a plain conv is unit c.
+        first = {}
+        for p, root in enumerate(per_record[lead].tolist()):
+            first.setdefault(root, p)
+        units = sorted(members_roots, key=first.__getitem__)
+        groups.append((records[lead].position if writers else len(records) + records[lead].position, units, sig,
+                       is_summed))
+    groups.sort(key=lambda g: (g[0], g[1][0]))
+    unit_of = {}
+    for gi, (_, units, _, _) in enumerate(groups):
+        for u, root in enumerate(units):
+            unit_of[root] = (gi, u)
+    frozen = []
+    for gi, (_, units, sig, is_summed) in enumerate(groups):
+        members = []
+        for k, _ in sorted(sig, key=lambda s: (records[s[0]].position, s[0])):
+            index: list[list[int]] = [[] for _ in units]
+            for p, root in enumerate(per_record[k].tolist()):
+                g, u = unit_of[root]
+                if g == gi:
+                    index[u].append(p)
+            rec = records[k]
+            members.append(Member(rec.module, rec.role, tuple(tuple(i) for i in index), rec.dim))
+        reasons = [r for root in units for r in blocked.get(root, ())]
+        frozen.append(ChannelGroup(channels=len(units), members=tuple(members), summed=is_summed,
+                                   blocked="; ".join(dict.fromkeys(reasons)) or None))
+    group_index = [np.asarray([unit_of[int(r)][0] if int(r) in unit_of else -1 for r in rec_roots.tolist()],
+                              dtype=np.int64) for rec_roots in per_record]
+    return frozen, group_index
+
+
+def written_and_read(records: Sequence[Record], group_index: Sequence[np.ndarray]
+                     ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """``(writes, reads)``: for every conv and linear layer, the groups of its output and of its input positions."""
+    writes: dict[str, tuple[int, ...]] = {}
+    reads: dict[str, tuple[int, ...]] = {}
+    for rec, groups in zip(records, group_index, strict=True):
+        found = tuple(dict.fromkeys(g for g in groups.tolist() if g >= 0))
+        if rec.role in (*WRITERS, "grouped"):
+            writes[rec.module] = found
+        if rec.role in (*READERS, "grouped"):
+            reads[rec.module] = found
+    return writes, reads
+

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pruning.groups import ChannelGroup
+from pruning.groups import WRITERS, ChannelGroup
 from utils.core.registry import Registry
 
 __all__ = ["FilterImportance", "get_importance", "group_scores", "l1_filter_norms", "list_importances",
@@ -79,19 +79,24 @@ def l1_filter_norms(conv_weight: torch.Tensor, *, ignore_in_channels: Collection
 
 def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1",
                  ignore_in_channels: Mapping[str, Collection[int]] | None = None) -> torch.Tensor:
-    """One score per channel of ``group``: the sum of its producers' filter scores.
+    """One score per channel (unit) of ``group``: the sum of its producers' filter scores (a unit written by
+    several filters of one producer, as when a grouped conv reads it, sums them).
 
     A group with one producer (a plain conv, a ResNet block's first conv, a MobileNetV2 expansion conv)
     is scored exactly as Li et al. do. A residual group has several producers writing the same channel;
     summing their scores lets every conv that writes the channel vote (Torch-Pruning averages, which ranks
-    the same). Li et al. (§3.4) instead rank such channels by the projection shortcut's 1x1 filters alone;
-    that is a different criterion and would be registered as one. Depthwise convs and BatchNorm carry the
+    the same); a squeeze-and-excitation gate's filter on the channel votes the same way. Li et al. (§3.4)
+    instead rank such channels by the projection shortcut's 1x1 filters alone; that is a different criterion
+    and would be registered as one. Depthwise convs and BatchNorm carry the
     channel but do not score it. ``ignore_in_channels``: ``{producer: input channels to leave out}``.
     """
     score_of = get_importance(importance)
     ignore = ignore_in_channels or {}
     total = torch.zeros(group.channels, dtype=torch.float64)
-    for name in group.producers:
-        weight = model.get_submodule(name).weight
-        total += score_of(weight, ignore_in_channels=ignore.get(name)).cpu()
+    for member in group.members:
+        if member.role not in WRITERS:
+            continue
+        weight = model.get_submodule(member.module).weight
+        per_filter = score_of(weight, ignore_in_channels=ignore.get(member.module)).cpu()
+        total += per_filter[torch.tensor(member.index, dtype=torch.long)].sum(dim=1)
     return total

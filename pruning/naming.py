@@ -85,9 +85,9 @@ def _stage(module: str) -> str | None:
 def _is_projection_shortcut(graph: ChannelGraph, conv: str) -> bool:
     """A conv that reads a residual sum and writes into one bypasses the block's main path: a projection
     shortcut (ResNet ``downsample.0``). Li et al. and the reference code do not number these."""
-    read = graph.reads.get(conv)
-    return read is not None and graph.groups[read].summed and graph.group_of(conv).summed and \
-        graph.writes[conv] != read
+    read, written = graph.reads.get(conv, ()), graph.writes.get(conv, ())
+    return bool(read) and bool(written) and all(graph.groups[i].summed for i in (*read, *written)) and \
+        set(read).isdisjoint(written)
 
 
 def numbered_names(graph: ChannelGraph) -> LayerNames:
@@ -108,7 +108,7 @@ def numbered_names(graph: ChannelGraph) -> LayerNames:
     selectors: dict[str, tuple[str, ...]] = {}
     for stage in dict.fromkeys(_stage(conv) for conv in main):
         if stage in summed_stages:
-            alone = tuple(aliases[c] for c in main if _stage(c) == stage and graph.group_of(c).prunable_alone)
+            alone = tuple(aliases[c] for c in main if _stage(c) == stage and graph.alone(c))
             if alone:
                 selectors[stage] = alone
     for group in graph.groups:
@@ -178,4 +178,4 @@ def prunable_layers(model: nn.Module, example_input: torch.Tensor | None = None,
     graph = analyse(model, example_input)
     names = layer_names(model, graph)
     return {name: module for name, module in names.layers.items()
-            if not alone or graph.group_of(module).prunable_alone}
+            if not alone or graph.alone(module)}

@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from pruning.dependency import analyse
 from pruning.filter import filters_to_remove
-from pruning.groups import ChannelGraph
+from pruning.groups import READERS, ChannelGraph, Member
 from pruning.importance import group_scores
 from pruning.naming import layer_names
 from utils.core.metrics import Meter
@@ -65,6 +65,29 @@ class _VariantModel:
         self.module = traced
 
 
+def _zero_hook(variant: nn.Module, member: Member, gone_of: Sequence[Sequence[int]], device: torch.device
+               ) -> torch.utils.hooks.RemovableHandle:
+    """A hook that zeroes, in copy ``i`` of the replicated batch, the positions of units ``gone_of[i]`` where
+    ``member`` writes them (its output) or reads them (its input): the masked copy then computes what the model
+    with those channels removed computes (see :func:`pruning.filter.filter_masks`)."""
+    module = variant.get_submodule(member.module)
+    dim = -1 if isinstance(module, nn.Linear) else 1
+    size = module.weight.shape[1 if member.role in READERS else 0] if module.weight is not None else module.num_features
+    masks = torch.ones(len(gone_of), size, device=device)
+    for i, units in enumerate(gone_of):
+        masks[i, member.positions(units)] = 0.0
+
+    def zero(tensor: torch.Tensor) -> torch.Tensor:
+        per_copy = tensor.view(len(gone_of), -1, *tensor.shape[1:])
+        shape = [1] * per_copy.dim()
+        shape[0], shape[dim if dim < 0 else dim + 1] = len(gone_of), size
+        return (per_copy * masks.view(shape)).view(tensor.shape)
+
+    if member.role in READERS:
+        return module.register_forward_pre_hook(lambda _module, inputs: (zero(inputs[0]), *inputs[1:]))
+    return module.register_forward_hook(lambda _module, _inputs, output: zero(output))
+
+
 def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loader: Iterable, device: torch.device,
                       *, graph: ChannelGraph | None = None, example_input: torch.Tensor | None = None
                       ) -> list[dict[str, Any]]:
@@ -78,22 +101,14 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     names = layer_names(model, graph)
     group = graph.group_of(names.module(names.resolve(layer)[0]))
     order = torch.argsort(group_scores(model, group), stable=True)
-    masks = torch.ones(len(ratios), group.channels)
-    kept = []
-    for i, ratio in enumerate(ratios):
+    gone_of, kept = [], []
+    for ratio in ratios:
         gone = min(filters_to_remove(group.channels, ratio), group.channels - 1)  # a layer keeps one filter
-        masks[i, order[:gone]] = 0.0
+        gone_of.append(order[:gone].tolist())
         kept.append(group.channels - gone)
-    masks = masks.to(device)
-
-    def zero_removed(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-        per_copy = output.view(len(ratios), -1, *output.shape[1:])
-        shape = (len(ratios), 1, group.channels) + (1,) * (output.dim() - 2)
-        return (per_copy * masks.view(shape)).view(output.shape)
-
-    writers = group.producers + group.norms + group.depthwise
-    variant = _VariantModel(model, writers, len(ratios)).module
-    handles = [variant.get_submodule(name).register_forward_hook(zero_removed) for name in writers]
+    members = [m for m in group.members if m.role != "param"]
+    variant = _VariantModel(model, [m.module for m in members], len(ratios)).module
+    handles = [_zero_hook(variant, member, gone_of, device) for member in members]
     criterion = nn.CrossEntropyLoss()
     meters = [Meter(device) for _ in ratios]
     was_training = model.training

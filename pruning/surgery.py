@@ -25,9 +25,7 @@ from torch import nn
 from pruning.groups import ChannelGroup
 from utils.core.errors import UserError
 
-__all__ = ["apply_shapes", "pruned_shapes", "remove_channels"]
-
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+__all__ = ["apply_shapes", "pruned_shapes", "remove_channels", "remove_units"]
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -69,24 +67,26 @@ def _new_linear(old: nn.Linear, *, in_features: int, out_features: int) -> nn.Li
                      dtype=old.weight.dtype)
 
 
+def _keep(size: int, drop: set[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor([i for i in range(size) if i not in drop], dtype=torch.long, device=device)
+
+
 @torch.no_grad()
-def _slice_conv(old: nn.Conv2d, *, out_keep: torch.Tensor | None = None, in_keep: torch.Tensor | None = None,
-                depthwise: bool = False) -> nn.Conv2d:
-    weight, bias = old.weight, old.bias
-    out_keep = out_keep.to(weight.device) if out_keep is not None else None
-    in_keep = in_keep.to(weight.device) if in_keep is not None else None
-    if depthwise:  # weight (C, 1, kh, kw): output channel c is input channel c
-        weight = weight[out_keep]
-        bias = bias[out_keep] if bias is not None else None
-        n = len(out_keep)
-        new = _new_conv(old, in_channels=n, out_channels=n, groups=n)
+def _slice_conv(old: nn.Conv2d, drop: Mapping[str, set[int]]) -> nn.Conv2d:
+    """``drop``: output positions (``conv_out``/``grouped``) and input positions (``conv_in``) to remove."""
+    weight, bias, device = old.weight, old.bias, old.weight.device
+    out_drop = drop.get("conv_out", set()) | drop.get("grouped", set())
+    out_keep = _keep(old.out_channels, out_drop, device)
+    weight = weight[out_keep]
+    bias = bias[out_keep] if bias is not None else None
+    if old.groups > 1:  # whole conv groups go (pruning.groups ties a group's channels into one unit)
+        per_out = old.out_channels // old.groups
+        groups = len(out_keep) // per_out
+        in_channels = groups * (old.in_channels // old.groups)
     else:
-        if out_keep is not None:
-            weight = weight[out_keep]
-            bias = bias[out_keep] if bias is not None else None
-        if in_keep is not None:
-            weight = weight[:, in_keep]
-        new = _new_conv(old, in_channels=weight.shape[1], out_channels=weight.shape[0], groups=1)
+        weight = weight[:, _keep(old.in_channels, drop.get("conv_in", set()), device)]
+        groups, in_channels = 1, weight.shape[1]
+    new = _new_conv(old, in_channels=in_channels, out_channels=weight.shape[0], groups=groups)
     new.weight.copy_(weight)
     if bias is not None:
         new.bias.copy_(bias)
@@ -94,10 +94,10 @@ def _slice_conv(old: nn.Conv2d, *, out_keep: torch.Tensor | None = None, in_keep
 
 
 @torch.no_grad()
-def _slice_norm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = _new_norm(old, len(keep))
+def _slice_norm(old: nn.Module, drop: Mapping[str, set[int]]) -> nn.Module:
     ref = old.weight if old.affine else old.running_mean
-    keep = keep.to(ref.device) if ref is not None else keep
+    keep = _keep(old.num_features, drop["norm"], ref.device if ref is not None else torch.device("cpu"))
+    new = _new_norm(old, len(keep))
     if old.affine:
         new.weight.copy_(old.weight[keep])
         new.bias.copy_(old.bias[keep])
@@ -109,52 +109,83 @@ def _slice_norm(old: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 
 @torch.no_grad()
-def _slice_linear(old: nn.Linear, keep: torch.Tensor, spatial: int) -> nn.Linear:
-    # Channel c of a flattened (C, H, W) map owns features c*H*W .. c*H*W + H*W - 1.
-    keep = keep.to(old.weight.device)
-    features = (keep[:, None] * spatial + torch.arange(spatial, device=keep.device)[None, :]).flatten()
-    new = _new_linear(old, in_features=len(features), out_features=old.out_features)
-    new.weight.copy_(old.weight[:, features])
+def _slice_linear(old: nn.Linear, drop: Mapping[str, set[int]]) -> nn.Linear:
+    device = old.weight.device
+    out_keep = _keep(old.out_features, drop.get("linear_out", set()), device)
+    in_keep = _keep(old.in_features, drop.get("linear_in", set()), device)
+    new = _new_linear(old, in_features=len(in_keep), out_features=len(out_keep))
+    new.weight.copy_(old.weight[out_keep][:, in_keep])
     if old.bias is not None:
-        new.bias.copy_(old.bias)
+        new.bias.copy_(old.bias[out_keep])
     return _finish(new, old)
 
 
-def remove_channels(model: nn.Module, group: ChannelGroup, keep_indices: Sequence[int] | torch.Tensor) -> None:
-    """Keep only channels ``keep_indices`` of ``group`` in every module of it, replacing the modules in place.
+@torch.no_grad()
+def _slice_param(model: nn.Module, name: str, dim: int, drop: set[int]) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    kept = old.index_select(dim, _keep(old.shape[dim], drop, old.device)).clone()
+    setattr(parent, attr, nn.Parameter(kept, requires_grad=old.requires_grad))
 
-    ``group`` must describe ``model`` as it is now (groups of one model are independent, so removing
-    channels from one group leaves every other group's indices valid).
+
+_SLICERS = {nn.Conv2d: _slice_conv, nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.Linear: _slice_linear}
+
+
+def _check_sizes(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
+    """Every member still has the size the groups were built for (else they describe another state of the model)."""
+    for group in groups:
+        for member in group.members:
+            if member.role == "param":
+                continue
+            module = model.get_submodule(member.module)
+            _exact(module, tuple(_SLICERS), member.module)
+            size = {"conv_out": "out_channels", "grouped": "out_channels", "conv_in": "in_channels",
+                    "linear_out": "out_features", "linear_in": "in_features", "norm": "num_features"}[member.role]
+            highest = max((p for unit in member.index for p in unit), default=-1)
+            if highest >= getattr(module, size):
+                raise ValueError(f"{member.module} has {getattr(module, size)} {size.replace('_', ' ')} but the group "
+                                 "addresses more: the group was built for another state of the model")
+
+
+def remove_units(model: nn.Module, groups: Sequence[ChannelGroup], removed: Sequence[Sequence[int]]) -> None:
+    """Remove units ``removed[i]`` of ``groups[i]`` from ``model`` at once, replacing the modules in place.
+
+    All groups go in one pass because one module dimension may carry several groups (a conv reading a
+    ``torch.cat`` of two convs' outputs): positions are those of the model as the groups describe it.
+    """
+    _check_sizes(model, groups)
+    drops: dict[str, dict[str, set[int]]] = {}
+    params: dict[tuple[str, int], set[int]] = {}
+    for group, units in zip(groups, removed, strict=True):
+        if not units:
+            continue
+        if not group.producers:
+            raise ValueError("a channel group without producers (the model input) cannot lose channels")
+        for member in group.members:
+            gone = set(member.positions(units))
+            if member.role == "param":
+                params.setdefault((member.module, member.dim), set()).update(gone)
+            else:
+                drops.setdefault(member.module, {}).setdefault(member.role, set()).update(gone)
+    for name, drop in drops.items():
+        module = model.get_submodule(name)
+        _replace(model, name, _SLICERS[type(module)](module, drop))
+    for (name, dim), gone in params.items():
+        _slice_param(model, name, dim, gone)
+
+
+def remove_channels(model: nn.Module, group: ChannelGroup, keep_indices: Sequence[int] | torch.Tensor) -> None:
+    """Keep only channels (units) ``keep_indices`` of ``group`` in every module of it, replacing the modules in place.
+
+    ``group`` must describe ``model`` as it is now; to remove channels of several groups, use :func:`remove_units`
+    (removing one group's channels shifts the positions of another group that shares a module dimension with it).
     """
     keep = torch.as_tensor(keep_indices, dtype=torch.long).flatten().sort().values
     if len(keep) == 0 or len(torch.unique(keep)) != len(keep) or keep[0] < 0 or keep[-1] >= group.channels:
         raise ValueError(f"keep_indices must be distinct channel indices in [0, {group.channels}), at least one")
-    if not group.producers:
-        raise ValueError("a channel group without producers (the model input) cannot lose channels")
-    for name in group.producers + group.depthwise:
-        conv = model.get_submodule(name)
-        _exact(conv, (nn.Conv2d,), name)
-        if conv.out_channels != group.channels:
-            raise ValueError(f"{name} has {conv.out_channels} output channels but the group has {group.channels}: "
-                             "the group was built for another state of the model")
-    for name in group.producers:
-        _replace(model, name, _slice_conv(model.get_submodule(name), out_keep=keep))
-    for name in group.depthwise:
-        _replace(model, name, _slice_conv(model.get_submodule(name), out_keep=keep, depthwise=True))
-    for name in group.norms:
-        norm = model.get_submodule(name)
-        _exact(norm, _BATCH_NORMS, name)
-        _replace(model, name, _slice_norm(norm, keep))
-    for consumer in group.consumers:
-        module = model.get_submodule(consumer.module)
-        if consumer.kind == "conv":
-            _exact(module, (nn.Conv2d,), consumer.module)
-            _replace(model, consumer.module, _slice_conv(module, in_keep=keep))
-        elif consumer.kind == "linear":
-            _exact(module, (nn.Linear,), consumer.module)
-            _replace(model, consumer.module, _slice_linear(module, keep, consumer.spatial))
-        else:
-            raise ValueError(f"unknown consumer kind {consumer.kind!r}")
+    kept = set(keep.tolist())
+    remove_units(model, [group], [[u for u in range(group.channels) if u not in kept]])
 
 
 # --------------------------------------------------------------------------- shapes for checkpoints
@@ -177,12 +208,32 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
         keys = _SHAPE_KEYS.get(type(module).__name__)
         if keys is not None and type(module) in (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear):
             shapes[name] = {"type": type(module).__name__, **{key: int(getattr(module, key)) for key in keys}}
+        elif type(module) not in _SLICERS:  # parameters used directly (a layer scale) may be sliced too
+            for param_name, param in module.named_parameters(prefix=name, recurse=False):
+                shapes[param_name] = {"type": "Parameter", "shape": list(param.shape)}
     return shapes
 
 
 def _bad(name: str, problem: str) -> UserError:
     return UserError(f"arch.shapes: {name}: {problem}; the checkpoint was written for another architecture "
                      "or model option (rebuild with the arch it was saved from)")
+
+
+def _apply_param_shape(model: nn.Module, name: str, shape: Any) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, attr)
+    except AttributeError:
+        raise _bad(name, "the model has no such parameter") from None
+    if not isinstance(old, nn.Parameter):
+        raise _bad(name, "the model has no such parameter")
+    if not isinstance(shape, list) or len(shape) != old.ndim or \
+            any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape):
+        raise _bad(name, f"shape must be {old.ndim} positive integers, got {shape!r}")
+    if list(old.shape) != shape:
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        setattr(parent, attr, nn.Parameter(new, requires_grad=old.requires_grad))
 
 
 def apply_shapes(model: nn.Module, shapes: Mapping[str, Mapping[str, Any]]) -> None:
@@ -193,6 +244,9 @@ def apply_shapes(model: nn.Module, shapes: Mapping[str, Mapping[str, Any]]) -> N
     if not isinstance(shapes, Mapping):
         raise UserError(f"arch.shapes: expected a mapping of module names to sizes, got {type(shapes).__name__}")
     for name, spec in shapes.items():
+        if isinstance(spec, Mapping) and spec.get("type") == "Parameter":
+            _apply_param_shape(model, name, spec.get("shape"))
+            continue
         try:
             module = model.get_submodule(name)
         except AttributeError:

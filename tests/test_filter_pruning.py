@@ -292,7 +292,7 @@ class Concatenated(nn.Module):
 
 
 class Chunked(nn.Module):
-    """An op returning a tuple: its consumers are invisible to the analysis, so the producer must be blocked."""
+    """A module called twice (shared weights): what it reads and writes is blocked, whatever op comes before."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -304,10 +304,23 @@ class Chunked(nn.Module):
         return self.b(2 * first) + self.b(second / 2)
 
 
-@pytest.mark.parametrize(("net", "op"), [(Concatenated, "cat"), (Chunked, "chunk")])
-def test_unknown_ops_block_the_groups_they_touch(net: type[nn.Module], op: str) -> None:
-    with pytest.raises(UserError, match=rf"conv1 \(a\) cannot be pruned: its channels go through {op} "):
-        prune_filters(net(), layers=["conv1"], channels=[1], example_input=torch.zeros(1, 3, 4, 4))
+def test_shared_modules_block_the_groups_they_touch() -> None:
+    with pytest.raises(UserError, match=r"conv1 \(a\) cannot be pruned: .*module b is called more than once"):
+        prune_filters(Chunked(), layers=["conv1"], channels=[1], example_input=torch.zeros(1, 3, 4, 4))
+
+
+def test_cat_offsets_follow_each_producer() -> None:
+    torch.manual_seed(0)
+    net, x = Concatenated().eval(), torch.randn(2, 3, 4, 4)
+    graph = analyse(net, x)
+    second = graph.group_of("b")
+    assert [(c.module, c.kind) for c in second.consumers] == [("head", "conv")]
+    assert second.member("head", "conv_in").index == tuple((4 + c,) for c in range(4))  # offset 4 in the cat
+    original = copy.deepcopy(net)
+    result = prune_filters(net, layers=["b"], channels=[2], example_input=x)
+    assert net.head.in_channels == 6 and net.b.out_channels == 2
+    with masked_equivalent(original, graph, result):
+        torch.testing.assert_close(net(x), original(x), rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- user-facing names
