@@ -289,7 +289,7 @@ def format_row(record: dict[str, Any]) -> str:
     status = record["status"]
     if not status.startswith(("pruned", "nothing")):
         step = "" if status.startswith("refused") else f" (in {record['step']})"
-        return f"| {record['model']} | {record.get('side', '–')} | {status.replace('|', '/')}{step} |" + " |" * 5
+        return f"| {record['model']} | {record.get('side', '–')} | {status.replace('|', '/')}{step} |" + " |" * 6
     reachable = _reachable(record)
     blocks = ", ".join(f"{reason} ×{groups}" for reason, (groups, _) in list(record["blocks"].items())[:3])
     return (f"| {record['model']} | {record['side']} | {record['groups_prunable']}/{record['groups_total']} | "
@@ -302,6 +302,57 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     head = ("| model | side | groups prunable/total | channels reachable | main blocks (groups) | rel. diff | "
             "params (after/before) | MACs (after/before) | s |")
     return "\n".join([head, "|---" * 9 + "|", *(format_row(r) for r in records)])
+
+
+# Families for the compact table (the first glob that matches wins); a builder matching none is its own family.
+FAMILIES = (("AlexNet", "alexnet"), ("VGG", "vgg*[0-9]"), ("VGG-BN", "vgg*_bn"), ("ResNet", "resnet*"),
+            ("Wide ResNet", "wide_resnet*"), ("ResNeXt", "resnext*"), ("DenseNet", "densenet*"),
+            ("GoogLeNet", "googlenet"), ("Inception v3", "inception_v3"), ("SqueezeNet", "squeezenet*"),
+            ("ShuffleNet v2", "shufflenet_v2_*"), ("MobileNet v2", "mobilenet_v2"), ("MobileNet v3", "mobilenet_v3_*"),
+            ("MNASNet", "mnasnet*"), ("EfficientNet", "efficientnet_b*"), ("EfficientNet v2", "efficientnet_v2_*"),
+            ("RegNetX", "regnet_x_*"), ("RegNetY", "regnet_y_*"), ("ConvNeXt", "convnext_*"), ("ViT", "vit_*"),
+            ("Swin", "swin_[bst]"), ("Swin v2", "swin_v2_*"), ("MaxViT", "maxvit_*"))
+
+
+def family(name: str) -> str:
+    return next((label for label, pattern in FAMILIES if fnmatch.fnmatchcase(name, pattern)), name)
+
+
+def _span(values: Sequence[float], fmt: str) -> str:
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}–{high}"
+
+
+def format_family_row(label: str, records: Sequence[dict[str, Any]]) -> str:
+    """One row for a family: ranges over its models; refused and crashed models are counted, not averaged."""
+    done = [r for r in records if r["status"].startswith(("pruned", "nothing"))]
+    failed = len(records) - len(done)
+    head = f"| {label} | {len(records)}{f' ({failed} failed)' if failed else ''} |"
+    if not done:
+        return head + " –  |" * 7
+    blocks: dict[str, int] = {}
+    for record in done:
+        for reason, (groups, _) in record["blocks"].items():
+            blocks[reason] = blocks.get(reason, 0) + groups
+    top = ", ".join(reason for reason, _ in sorted(blocks.items(), key=lambda item: -item[1])[:3])
+    ratio = {key: [r[f"{key}_after"] / r[f"{key}_before"] for r in done] for key in ("params", "macs")}
+    diffs = [r["rel_diff"] for r in done if r["status"] == "pruned"]
+    diff = f"{max(diffs):.1e}" if diffs else "–"
+    return (f"{head} {_span([r['side'] for r in done], 'd')} | "
+            f"{_span([r['groups_prunable'] for r in done], 'd')} / {_span([r['groups_total'] for r in done], 'd')} | "
+            f"{_span([_reachable(r) or 0.0 for r in done], '.0%')} | {top or '–'} | "
+            f"{diff} | {_span(ratio['params'], '.2f')} | {_span(ratio['macs'], '.2f')} |")
+
+
+def format_family_table(records: Sequence[dict[str, Any]]) -> str:
+    """The compact table: one row per family (:data:`FAMILIES`, in that order), ranges over its models."""
+    order = {label: i for i, (label, _) in enumerate(FAMILIES)}
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: order.get(family(r["model"]), len(order))):
+        by_family.setdefault(family(record["model"]), []).append(record)
+    head = ("| family | models | side | groups prunable / total | channels reachable | blocked by | max rel. diff | "
+            "params after/before | MACs after/before |")
+    return "\n".join([head, "|---" * 9 + "|", *(format_family_row(label, rows) for label, rows in by_family.items())])
 
 
 def summarize(records: Sequence[dict[str, Any]], trace_seconds: Sequence[float] | None) -> dict[str, Any]:
@@ -367,7 +418,7 @@ def main(args: argparse.Namespace) -> int:
         print(format_row(records[-1]), flush=True)
     trace = resnet50_trace_seconds(args.trace_repeats) if args.trace_repeats > 0 else None
     summary = summarize(records, trace)
-    text = f"{format_table(records)}\n\n{summary_line(summary)}\n"
+    text = f"{format_table(records)}\n\n{format_family_table(records)}\n\n{summary_line(summary)}\n"
     print(f"\n{text}")
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

@@ -11,9 +11,10 @@ import functools
 from typing import Any
 
 import pytest
+import torch
 
 from bench import prunability
-from bench.prunability import EQUIVALENT, format_table, measure, summarize
+from bench.prunability import EQUIVALENT, family, format_family_table, format_table, measure, summarize
 from utils.core.errors import UserError
 
 # Channels reachable (channels of prunable groups / channels of all groups with a producer), measured at commit
@@ -42,6 +43,17 @@ REACHABLE_FLOORS = {
 }
 # ViT checks its input against image_size: built at 32x32 (2x2 patches of 16) instead of 224x224 for speed.
 SIDES = {"vit_b_16": 32}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: 32-pixel inputs gain nothing from a second one, and on a loaded 2-core machine two
+    threads waiting on each other cost several times the CPU time (157 s for this module instead of 21 s at a
+    load average of 8)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @functools.cache
@@ -73,6 +85,9 @@ def test_table_and_summary_cover_every_model() -> None:
     table = format_table(records).splitlines()
     assert len(table) == 2 + len(records)
     assert all(row.count("|") == table[0].count("|") for row in table), "a row with a different column count"
+    families = format_family_table(records).splitlines()
+    assert len(families) == 2 + len({family(name) for name in REACHABLE_FLOORS})
+    assert all(row.count("|") == families[0].count("|") for row in families)
     summary = summarize(records, [0.5])
     assert summary["pruned"] + summary["nothing_prunable"] + summary["refused"] + summary["crashed"] == len(records)
     assert summary["equivalent"] == summary["pruned"]
@@ -91,7 +106,9 @@ def test_refusals_and_crashes_are_recorded_not_raised(monkeypatch: pytest.Monkey
     monkeypatch.setattr(prunability, "remove_filters", crash)
     record = measure("squeezenet1_1")
     assert (record["status"], record["step"]) == ("crashed: RuntimeError: size mismatch", "remove")
-    assert "|" in format_table([record])
+    for table in (format_table([record]), format_family_table([record])):
+        head, _, row = table.splitlines()
+        assert row.count("|") == head.count("|")
 
 
 def test_blocking_reasons_are_shortened() -> None:
