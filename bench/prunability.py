@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import describe_device, header, prepare_device
 from pruning import analyse, apply_masks
 from pruning.filter import filter_masks, plan_every_group, remove_filters, select_filters
-from pruning.groups import ChannelGraph
+from pruning.groups import WRITERS, ChannelGraph, ChannelGroup
 from utils.core.errors import UserError
 from utils.core.provenance import provenance
 from utils.core.tvguard import torchvision
@@ -147,11 +147,21 @@ def short_reasons(blocked: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+# The reason of the groups that are the model's output (the logits): fixed by the task, left out of the totals.
+OUTPUT = "its channels are the model's output"
+
+
+def width(group: ChannelGroup) -> int:
+    """Channels of a group as its first producer counts them (a unit of a grouped conv's input is several)."""
+    first = next(m for m in group.members if m.role in WRITERS)
+    return sum(len(positions) for positions in first.index)
+
+
 def group_stats(graph: ChannelGraph) -> dict[str, Any]:
     """Groups prunable / total and channels reachable / total over the groups that have a producer (the model's
-    input has none), and ``blocks``: ``{short reason: [groups, channels]}`` over the blocked ones, most channels
-    first."""
-    produced = [g for g in graph.groups if g.producers]
+    input has none) and are not the model's output (the logits), and ``blocks``: ``{short reason: [groups,
+    channels]}`` over the blocked ones, most channels first."""
+    produced = [g for g in graph.groups if g.producers and g.blocked != OUTPUT]
     prunable = [g for g in produced if g.prunable]
     blocks: dict[str, list[int]] = {}
     for group in produced:
@@ -161,7 +171,7 @@ def group_stats(graph: ChannelGraph) -> dict[str, Any]:
             entry[1] += group.channels
     return {
         "groups_prunable": len(prunable), "groups_total": len(produced),
-        "channels_reachable": sum(g.channels for g in prunable), "channels_total": sum(g.channels for g in produced),
+        "channels_reachable": sum(map(width, prunable)), "channels_total": sum(map(width, produced)),
         "blocks": dict(sorted(blocks.items(), key=lambda item: (-item[1][1], item[0]))),
     }
 
