@@ -4,13 +4,14 @@
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --prune_percent 0.3 0.5 0.7 0.9
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --resume checkpoints/<run>
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --export compressed onnx
+    python pruner_exp.py --json experiments/prune/cifar10_filter_prune_vgg16_bn.json --list-layers
 """
 
 from __future__ import annotations
 
 import argparse
 
-from utils.app.cli import add_common_arguments, run_main
+from utils.app.cli import add_common_arguments, add_list_layers_argument, run_main
 from utils.core.errors import UserError
 
 
@@ -22,6 +23,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue a run stopped during retraining, in its run directory (same experiment "
                              "settings): it prunes again and retrains from the checkpoints there")
+    add_list_layers_argument(parser)
     return parser
 
 
@@ -45,6 +47,10 @@ def cli() -> int:
     from utils.app.pruner_main import main
 
     check_names(cfg, args.json)
+    if args.list_layers:
+        from utils.app.layer_list import list_layers
+
+        return list_layers(cfg)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, export=tuple(args.export))
 
 

@@ -229,7 +229,7 @@ def run_segment(v: Variant, device: torch.device, settle: int, batches: int, bat
 
 def model_rates(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
     """Training images/s of each of ``args.models`` on synthetic normalised batches: the rate a loader must feed."""
-    from models import get_model
+    from models import build_arch
     from utils.train.engine import train_step
 
     rates: dict[str, list[float]] = {}
@@ -240,7 +240,7 @@ def model_rates(args: argparse.Namespace, device: torch.device) -> dict[str, lis
     criterion = nn.CrossEntropyLoss()
     for arch in args.models:
         torch.manual_seed(args.seed)
-        model = get_model(arch, num_classes=1000).to(device).to(memory_format=memory_format).train()
+        model = build_arch(arch, {"num_classes": 1000}).model.to(device).to(memory_format=memory_format).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         for _ in range(3):  # cuDNN autotuning, allocator growth
             train_step(model, images, target, criterion, optimizer, autocast=autocast)

@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, spread, timed
-from models import get_model
+from models import build_arch
 from pruning import MaskKeeper, prune_weights
 
 
@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_model(arch: str, args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(args.seed)
-    masked = get_model(arch, num_classes=10).to(device).train()
+    masked = build_arch(arch, {"num_classes": 10}).model.to(device).train()
     outcome = prune_weights(masked, percent=args.percent, scope=args.scope)
     dense = copy.deepcopy(masked)  # the same weights, pruned zeros included: only the keeper differs
     criterion = nn.CrossEntropyLoss()

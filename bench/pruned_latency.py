@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, header, prepare_device
-from models import get_model
+from models import build_arch
 from utils.app.pruner_main import prepare_pruning
 from utils.app.setup import requested_options
 from utils.checkpoint.load import load_toolkit_checkpoint
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = load_toolkit_checkpoint(args.checkpoint, expect_arch=cfg.model.arch).model
     else:
-        model = get_model(cfg.model.arch, **requested_options(cfg, num_classes=10))
+        model = build_arch(cfg.model.arch, requested_options(cfg, num_classes=10)).model
     model = model.to(device).eval()
     input_size = (3, 32, 32)
     pruned, outcome = prepare_pruning(cfg, model, torch.zeros(1, *input_size, device=device))

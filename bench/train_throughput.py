@@ -37,7 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, median, prepare_device, spread, synchronize, write_synthetic_cifar
-from models import get_model
+from models import build_arch
 from utils.data.datasets import build_datasets, default_mean_std
 from utils.data.device import build_device_loaders
 from utils.data.loaders import build_loaders
@@ -122,7 +122,7 @@ def train_step(v: Variant, device: torch.device, criterion: nn.Module) -> None:
 def run_model(arch: str, args: argparse.Namespace, device: torch.device, streams: dict[str, Iterator[Batch]],
               settle: int) -> None:
     torch.manual_seed(args.seed)
-    base = get_model(arch, num_classes=10)
+    base = build_arch(arch, {"num_classes": 10}).model
     criterion = nn.CrossEntropyLoss()
     variants: list[Variant] = []
     for loader, precision, mode in itertools.product(args.loaders, args.precisions, args.modes):

@@ -1,8 +1,10 @@
 """Model registry: every architecture is built by name from the experiment file.
 
-A builder registers itself with :func:`register_model`; callers build with :func:`get_model`. The
+A builder registers itself with :func:`register_model`; :func:`get_model` builds a registered name. The
 registry is the project's one :class:`~utils.core.registry.Registry`, so adding an architecture touches
-only the file that defines it, and the error for an unknown name always lists the names that exist.
+only the file that defines it, and the error for an unknown name always lists the names that exist. A
+``model.arch`` string (a registered name, or ``torchvision:``, ``timm:``, ``<module>:<callable>``) is built by
+:func:`models.sources.build_arch`, which calls :func:`get_model` for registered names.
 
 Builders take keyword-only options. That lets the registry read each builder's options and
 defaults from its signature (:func:`model_options`) and reject a misspelt option with a message
@@ -11,7 +13,9 @@ that lists the real ones, instead of letting ``**kwargs`` swallow a typo.
 What the pruning library needs to know about an architecture is declared on the model class, so that
 :mod:`pruning` never imports a model class: ``input_size`` (``(C, H, W)`` of one example input, used to
 trace shapes; undeclared: ImageNet's 3x224x224) and ``layer_naming`` (the scheme of the layer names users
-write in ``prune.layers``: ``"numbered"`` or ``"blocks"``, see :mod:`pruning.naming`).
+write in ``prune.layers``: ``"numbered"`` or ``"blocks"``, see :mod:`pruning.naming`). A user's own network
+may declare them too; in a run, ``model.input_size`` or else the data's image size is what the model is traced
+and checked with (``pruner_exp.py --list-layers``, which loads no data, falls back on the declared size).
 """
 
 from __future__ import annotations

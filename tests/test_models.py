@@ -476,6 +476,20 @@ def test_pretrained_reads_a_file_placed_where_torchvision_looks(
         get_model("tv_mobilenet_v2", pretrained=True)
 
 
-def test_pretrained_needs_imagenet_classes() -> None:
-    with pytest.raises(UserError, match="num_classes: the pretrained tv_resnet34 weights have 1000 classes, got 10"):
-        get_model("tv_resnet34", num_classes=10, pretrained=True)
+def test_pretrained_with_other_classes_gets_a_new_classifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """torchvision's 1000-class weights for 10 classes: the weights load, then the classifier layer is replaced by a
+    new one of 10 outputs, and the model has the shapes of the model built for 10 classes (its checkpoints rebuild)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = expected_weights_file(torchvision.models.MobileNet_V2_Weights.DEFAULT)
+    expected.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    source = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    torch.save(source, expected)
+    model = get_model("tv_mobilenet_v2", num_classes=10, pretrained=True)
+    assert "classifier.1 replaced by a new, randomly initialised layer of 10 outputs" in capsys.readouterr().out
+    state = model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == \
+        {k: v.shape for k, v in get_model("tv_mobilenet_v2", num_classes=10).state_dict().items()}
+    for key, value in source.items():
+        assert key.startswith("classifier.1.") or torch.equal(state[key], value), key

@@ -31,6 +31,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "--set 'data.mean=[0.5,0.5,0.5]' (the value is read as JSON when it parses)")
 
 
+def add_list_layers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--list-layers", action="store_true",
+                        help="print the layer names prune.layers and prune.skip take for model.arch (one line per "
+                             "conv: name, module, channels, prunable or why not) and exit; needs no data, and no "
+                             "weights unless model.checkpoint is a checkpoint of this tool (a pruned model)")
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main`` and turn user errors into one clear line and a non-zero exit, and a run stopped by a signal into
     the command that resumes it."""

@@ -32,7 +32,7 @@ from pruning import (
 from utils.app import run_filter, run_sensitivity, run_weight  # noqa: F401
 from utils.app.exporting import check_export
 from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_options
-from utils.app.setup import build_data, build_model, check_input_size, make_visdom, seed_everything, select_device
+from utils.app.setup import build_data, build_model, check_model, make_visdom, seed_everything, select_device
 from utils.config.schema import ExperimentConfig
 from utils.config.validate import from_dict
 from utils.core.errors import UserError
@@ -55,7 +55,7 @@ def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int |
     check_export(cfg, export)
     if cfg.model.checkpoint is None and not cfg.model.pretrained:
         raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
-                        "model.pretrained: true for torchvision models")
+                        "model.pretrained: true for torchvision and timm models")
     if resume is not None:
         run = open_run_to_resume(resume, cfg)
     device = select_device(gpu)
@@ -65,9 +65,9 @@ def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int |
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
     data = build_data(cfg, train=retrains, device=device, channels_last=cfg.retrain.channels_last)
     loaded = build_model(cfg, data.num_classes)
-    check_input_size(loaded.model, data.input_size, cfg)  # before the run directory: a model the images do not fit
+    check_model(loaded.model, data, cfg)  # before the run directory: a model the images do not fit
     loaded.model.to(device)
-    prepared = prepare_pruning(cfg, loaded.model, example_input(data.input_size, device))
+    prepared = prepare_pruning(cfg, loaded.model, example_input(data.trace_size, device))
     if retrains and cfg.prune.schedule == "agp":
         agp_plan_for(cfg, data, 1.0)  # a frequency that leaves no pruning step is an error before the run directory
     config = {**cfg.to_dict(), "provenance": provenance(device)}

@@ -102,7 +102,7 @@ def _filter_iterative(s: Session) -> FilterDone:
     per_round = epochs_per_round(cfg.retrain.epochs, p.rounds)
     optim = dataclasses.replace(cfg.retrain, epochs=per_round)
     model = copy.deepcopy(s.loaded.model)
-    example = example_input(s.data.input_size, s.device)
+    example = example_input(s.data.trace_size, s.device)
     rounds: list[dict[str, Any]] = []
     for i in range(1, p.rounds + 1):
         counts = {layer: scheduled_count(final, i, p.rounds) - (one_shot.widths[layer][0] - len(alive[layer]))
@@ -150,7 +150,7 @@ def _filter_agp(s: Session) -> FilterDone:
     """
     cfg = s.cfg
     model = copy.deepcopy(s.loaded.model)
-    plan = plan_filters(model, **filter_options(cfg), example_input=example_input(s.data.input_size, s.device))
+    plan = plan_filters(model, **filter_options(cfg), example_input=example_input(s.data.trace_size, s.device))
     agp = agp_plan_for(cfg, s.data, 1.0)
     finals = {index: count for index, (_, count) in plan.groups.items()}
 

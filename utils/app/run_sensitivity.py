@@ -21,7 +21,7 @@ def run_sensitivity(s: Session) -> None:
     p = cfg.prune
     base = s.evaluate(original, "baseline")
     print(f"Baseline: Top1 {base['top1']:.2f}, Top5 {base['top5']:.2f}")
-    example = example_input(s.data.input_size, s.device)
+    example = example_input(s.data.trace_size, s.device)
     names = list(p.layers) or s.prepared  # both checked by prepare_pruning
     names = [n for n in names if n not in set(p.skip)]
     ratios = sorted(p.sensitivity_ratios)

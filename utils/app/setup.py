@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import get_model, list_models
-from models.api import model_options
+from models import arch_options, build_arch
+from utils.checkpoint.diagnose import first_line
 from utils.checkpoint.format import is_toolkit_checkpoint
 from utils.checkpoint.load import (
     LoadedModel,
@@ -75,6 +75,11 @@ class Data:
     input_size: tuple[int, int, int]  # C, H, W the model sees
     train_loader: Any
     test_loader: Any
+    trace_size: tuple[int, int, int] | None = None  # C, H, W the model is traced with: model.input_size, or input_size
+
+    def __post_init__(self) -> None:
+        if self.trace_size is None:
+            self.trace_size = self.input_size
 
 
 def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | None = None,
@@ -100,14 +105,19 @@ def build_data(cfg: ExperimentConfig, *, train: bool, device: torch.device | Non
         train_loader, test_loader = build_loaders(bundle, batch_size=d.batch_size, workers=workers, seed=cfg.seed,
                                                   test_batch_size=d.test_batch_size,
                                                   pin_memory=device.type == "cuda", rank=rank, world=world)
+    trace_size = tuple(cfg.model.input_size) if cfg.model.input_size is not None else bundle.input_size
     return Data(num_classes=bundle.num_classes, input_size=bundle.input_size, train_loader=train_loader,
-                test_loader=test_loader)
+                test_loader=test_loader, trace_size=trace_size)  # type: ignore[arg-type]
 
 
 def requested_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
-    """The builder keyword arguments the config asks for (unset options keep the builder's defaults)."""
+    """The builder keyword arguments the config asks for (unset options keep the builder's defaults). The dataset's
+    ``num_classes`` goes to every model that takes it; a user's network that takes no ``num_classes`` is built as it
+    is (the forward-pass check then counts its outputs), unless ``model.num_classes`` asks for a count."""
     m = cfg.model
-    options: dict[str, Any] = {"num_classes": m.num_classes or num_classes}
+    options: dict[str, Any] = {}
+    if m.num_classes is not None or "num_classes" in arch_options(m.arch):
+        options["num_classes"] = m.num_classes or num_classes
     for key in ("shortcut", "classifier"):
         if getattr(m, key) is not None:
             options[key] = getattr(m, key)
@@ -119,7 +129,7 @@ def requested_options(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]
 def _check_options_match(cfg: ExperimentConfig, arch: dict[str, Any]) -> None:
     """Model options set in the config must agree with the architecture a checkpoint of this tool brings along:
     the checkpoint wins, and a ``model.num_classes`` it silently overrode would be a surprise later."""
-    defaults = model_options(arch["name"])
+    defaults = arch_options(arch["name"])
     for option in ("num_classes", "shortcut", "classifier"):
         wanted = getattr(cfg.model, option)
         if wanted is None or option not in defaults:
@@ -144,20 +154,14 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
         _check_options_match(cfg, loaded.arch)
         return loaded
     options = requested_options(cfg, num_classes)
-    if options["num_classes"] < num_classes:  # labels beyond the outputs: an IndexError in the first loss
+    if options.get("num_classes", num_classes) < num_classes:  # labels beyond the outputs: an IndexError in the loss
         raise UserError(f"model.num_classes: {options['num_classes']} is fewer than the {num_classes} classes of "
                         f"data.name {cfg.data.name!r}; leave model.num_classes out (it defaults to the dataset's) or "
                         f"set it to at least {num_classes}")
-    if m.arch not in list_models():  # else the option re-wrapping below would read "model.unknown model ..."
-        raise UserError(f"model.arch: unknown model {m.arch!r}; known models: {', '.join(list_models())}")
-    try:
-        model = get_model(m.arch, **options)
-    except UserError as exc:  # the registry names the option; the user needs the config key
-        raise UserError(f"model.{exc}") from None
-    arch = {"name": m.arch, "options": {k: v for k, v in options.items() if k != "pretrained"}}
+    built = build_arch(m.arch, options)  # messages name model.arch or the model.<option>
     if obj is not None:
-        load_state_dict_strict(model, unwrap_state_dict(obj, m.checkpoint), source=str(m.checkpoint))
-    return LoadedModel(model=model, arch=arch, masks=None, checkpoint=None)
+        load_state_dict_strict(built.model, unwrap_state_dict(obj, m.checkpoint), source=str(m.checkpoint))
+    return LoadedModel(model=built.model, arch={"name": m.arch, "options": built.options}, masks=None, checkpoint=None)
 
 
 # A model that cannot take the data's images is found by one forward pass before the run directory is made, not by a
@@ -170,22 +174,26 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> LoadedModel:
 SIZE_SEARCH_LIMIT = 1024
 
 
-def _fails_at(model: nn.Module, channels: int, side: int) -> Exception | None:
-    """The error of one forward pass of a ``side`` x ``side`` zero image through ``model``, or None when it runs."""
+def _forward(model: nn.Module, size: tuple[int, ...]) -> tuple[Any, Exception | None]:
+    """What one forward pass of a zero image of ``size`` (C, H, W) through ``model`` returns, or its error."""
     parameter = next(model.parameters(), None)
-    image = torch.zeros(1, channels, side, side, device=parameter.device if parameter is not None else None)
+    image = torch.zeros(1, *size, device=parameter.device if parameter is not None else None)
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(image)
+            return model(image), None
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError) as exc:  # shape mismatches, "Output size is too small"
-        return exc
+        return None, exc
     finally:
         model.train(training)
-    return None
+
+
+def _fails_at(model: nn.Module, channels: int, side: int) -> Exception | None:
+    """The error of one forward pass of a ``side`` x ``side`` zero image through ``model``, or None when it runs."""
+    return _forward(model, (channels, side, side))[1]
 
 
 def _edge(model: nn.Module, channels: int, working: int, failing: int) -> int:
@@ -236,3 +244,31 @@ def check_input_size(model: nn.Module, input_size: tuple[int, int, int], cfg: Ex
     else:
         takes = f"it takes sizes {smallest} to {largest}: set data.image_size in that range"
     raise UserError(f"{given}: model.arch {cfg.model.arch!r} cannot take {side}x{side} images ({what}); {takes}")
+
+
+def check_model(model: nn.Module, data: Data, cfg: ExperimentConfig) -> None:
+    """Before the run directory: ``model`` takes ``model.input_size`` (when set; the size pruning traces it with) and
+    the data's images (:func:`check_input_size`), and returns class scores, a ``(batch, classes)`` tensor with at
+    least the dataset's classes (a user's network returns what it returns)."""
+    arch, size = cfg.model.arch, data.trace_size
+    if size != data.input_size:
+        if size[0] != data.input_size[0]:
+            raise UserError(f"model.input_size: {list(size)} has {size[0]} channel(s), but the images of data.name "
+                            f"{cfg.data.name!r} have {data.input_size[0]}; set its first entry to "
+                            f"{data.input_size[0]}")
+        error = _forward(model, size)[1]
+        if error is not None:
+            raise UserError(f"model.input_size: model.arch {arch!r} cannot take one input of {list(size)} "
+                            f"({first_line(error)}); set model.input_size to the [C, H, W] it takes, or remove it "
+                            f"(the data's images are {list(data.input_size)})")
+    check_input_size(model, data.input_size, cfg)
+    output = _forward(model, size)[0]
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 1:
+        what = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else \
+            f"a {type(output).__name__}"
+        raise UserError(f"model.arch {arch!r}: the model returns {what} for one image; it must return the class "
+                        "scores, a tensor of shape (batch, classes)")
+    if output.shape[1] < data.num_classes:
+        raise UserError(f"model.arch {arch!r}: the model predicts {output.shape[1]} classes, but data.name "
+                        f"{cfg.data.name!r} has {data.num_classes}; give it at least {data.num_classes} outputs "
+                        "(model.num_classes, or its own num_classes)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from utils.app.setup import build_data, build_model, check_input_size, make_visdom, seed_everything, select_device
+from utils.app.setup import build_data, build_model, check_model, make_visdom, seed_everything, select_device
 from utils.checkpoint.export import export_model
 from utils.checkpoint.format import model_size_kb
 from utils.checkpoint.load import load_toolkit_checkpoint
@@ -41,7 +41,7 @@ def run_training(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int 
         loaded = load_toolkit_checkpoint(resume, expect_arch=cfg.model.arch, num_classes=data.num_classes)
     else:
         loaded = build_model(cfg, data.num_classes)
-    check_input_size(loaded.model, data.input_size, cfg)  # before the run directory: a model the images do not fit
+    check_model(loaded.model, data, cfg)  # before the run directory: a model the images do not fit
     model = loaded.model.to(device)
 
     if evaluate_only:

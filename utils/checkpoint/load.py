@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import get_model, list_models, model_options
+from models import arch_options, build_arch, check_arch, list_models
 from pruning.masks import validate_masks
 from pruning.surgery import apply_shapes
 from utils.checkpoint.compress import expand_checkpoint, is_compressed_checkpoint
@@ -227,7 +227,7 @@ def _check_fields(ckpt: Mapping[str, Any], path: str | Path) -> None:
 
 
 def _check_arch(arch: Any, path: str | Path) -> None:
-    """``arch`` describes a model to rebuild: a dict with the registered name and the builder's options."""
+    """``arch`` describes a model to rebuild: a dict with the model's name (``model.arch``) and its options."""
     if not (isinstance(arch, Mapping) and isinstance(arch.get("name"), str)
             and isinstance(arch.get("options"), Mapping)):
         _edited(path, f"'arch' is {arch!r:.60}, not {{'name': <model>, 'options': {{...}}}}")
@@ -247,25 +247,23 @@ class LoadedModel:
 
 
 def build_model_from_arch(arch: dict[str, Any]) -> nn.Module:
-    """Build the model ``arch`` describes: registry name and options, then, for a physically pruned model,
-    the per-module sizes in ``arch["shapes"]`` (see :func:`pruning.surgery.pruned_shapes`).
+    """Build the model ``arch`` describes: its name (any form ``model.arch`` takes) and options through
+    :func:`models.build_arch`, then, for a physically pruned model, the per-module sizes in ``arch["shapes"]``
+    (see :func:`pruning.surgery.pruned_shapes`).
 
     A UserError names the key inside ``arch``: ``arch.name: ...``, ``arch.options.<option>: ...``, ``arch.shapes: ...``.
     """
-    if arch["name"] not in list_models():
-        raise UserError(f"arch.name: unknown model {arch['name']!r}; known models: {', '.join(list_models())}")
-    try:
-        model = get_model(arch["name"], **arch["options"])
-    except UserError as exc:  # the builder's message begins with the option it is about
-        raise UserError(f"arch.options.{exc}") from None
+    model = build_arch(arch["name"], arch["options"], name_key="arch.name", option_key="arch.options").model
     if arch.get("shapes"):
         apply_shapes(model, arch["shapes"])
     return model
 
 
-def _outputs(arch: dict[str, Any]) -> int:
-    """How many classes a model of ``arch`` predicts (its builder's default when the options do not say)."""
-    return int(arch["options"].get("num_classes", model_options(arch["name"])["num_classes"]))
+def _outputs(arch: dict[str, Any]) -> int | None:
+    """How many classes a model of ``arch`` predicts (its builder's default when the options do not say); None when
+    neither says (a user's network that takes no ``num_classes``: the forward-pass check before a run counts)."""
+    held = arch["options"].get("num_classes", arch_options(arch["name"], name_key="arch.name").get("num_classes"))
+    return None if held is None else int(held)
 
 
 def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
@@ -281,14 +279,19 @@ def load_toolkit_checkpoint(path: str | Path, *, expect_arch: str | None = None,
     ckpt = check_checkpoint(read_checkpoint_file(path, key=key) if ckpt is None else ckpt, path)
     arch = ckpt["arch"]
     _check_arch(arch, path)
-    if arch["name"] not in list_models():  # before anything suggests model.arch: that name
+    try:  # before anything suggests model.arch: that name
+        check_arch(arch["name"], name_key="arch.name")
+    except UserError as exc:
+        if ":" in arch["name"]:  # torchvision:, timm:, module:callable: what is missing here is said by the reason
+            raise UserError(f"{path}: the checkpoint's model {arch['name']!r} cannot be built here: "
+                            f"{str(exc).removeprefix('arch.name: ')}") from None
         raise UserError(f"{path}: the checkpoint holds a model {arch['name']!r} that this version of the tool does not "
                         f"know (known: {', '.join(list_models())}); use the version that wrote it (git commit "
-                        f"{_commit(ckpt)})")
+                        f"{_commit(ckpt)})") from None
     if expect_arch is not None and arch["name"] != expect_arch:
         raise UserError(f"{path}: the checkpoint holds a {arch['name']} but model.arch is {expect_arch!r}; set "
                         f"model.arch to {arch['name']!r} or pick another checkpoint")
-    if num_classes is not None and _outputs(arch) != num_classes:  # fewer: an IndexError; more: a wrong top-1
+    if num_classes is not None and _outputs(arch) not in (None, num_classes):  # fewer: an IndexError; more: wrong top-1
         raise UserError(f"{path}: the checkpoint's {arch['name']} predicts {_outputs(arch)} classes but the dataset "
                         f"has {num_classes}; pick a checkpoint trained on this dataset, or check data.name and "
                         "data.root")

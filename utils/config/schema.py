@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.core import choices
+from utils.core.archform import ARCH_FORMS, arch_problem
 
 __all__ = ["SECTION_DEFAULTS", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig", "OutputConfig",
            "PruneConfig", "VisdomConfig", "describe", "field_default", "join_key", "section_defaults"]
@@ -69,6 +70,7 @@ MAX_BATCH = 2**20  # images per step: the largest published ImageNet batches are
 MAX_WORKERS = 1024  # DataLoader processes: more than any machine has cores, and each holds a copy of the dataset object
 MAX_IMAGE_SIZE = 4096  # pixels per side: classifiers train at 224-600; one 4096x4096 image is 200 MB as float32
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; at 1e9 the output layer of a 64-wide ResNet-20 alone is 256 GB
+MAX_INPUT_CHANNELS = 64  # model.input_size channels: images have 3; far above any multispectral stack this tool reads
 MAX_WIDTH = 16_384  # model.classifier widths: 4x the 4096 of the widest VGG head; [16384, 16384] is 1 GB of weights
 # Epochs of one run (and rounds, each at least one epoch): far above real schedules (CIFAR 160-300; the longest
 # distillation runs, 9,600 on Flowers-102), and no more than 2**64 mod SEED_STRIDE (11,949), which makes SEED_RANGE
@@ -101,6 +103,21 @@ def repeated_ratio(ratios: list[float]) -> str | None:
             return (f"{seen[key]!r} and {ratio!r} are both {key} to the 6 digits that name a ratio (its folder "
                     f"p{key}/, its table column); each ratio runs once: remove one")
         seen[key] = ratio
+    return None
+
+
+def input_size_problem(size: list[int] | None) -> str | None:
+    """What is wrong with ``model.input_size`` (``[C, H, W]``), or None."""
+    if size is None:
+        return None
+    if len(size) != 3:
+        return f"{len(size)} entries; give channels, height and width, e.g. [3, 32, 32]"
+    if min(size) < 1:
+        return "every entry must be at least 1"
+    if size[0] > MAX_INPUT_CHANNELS:
+        return f"{size[0]} channels, more than {MAX_INPUT_CHANNELS}"
+    if max(size[1:]) > MAX_IMAGE_SIZE:
+        return f"a side of {max(size[1:])} pixels, more than {MAX_IMAGE_SIZE}"
     return None
 
 
@@ -170,18 +187,36 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _opt(_MISSING, "Registered model name, e.g. `vgg16_bn_cifar`, `resnet20`, `resnet56`, "
-                     "`tv_resnet18`, `tv_resnet34`, `tv_mobilenet_v2` (the full list: README, Models).")
+    arch: str = _opt(_MISSING, "The network: a registered model name (`vgg16_bn_cifar`, `resnet20`, `resnet56`, "
+                     "`tv_resnet18`, ...: README, Models), `torchvision:<builder>` (any of torchvision's "
+                     "classification builders, e.g. `torchvision:mobilenet_v3_small`), `timm:<name>` (needs `pip "
+                     "install timm`) or `<python.module>:<callable>` (your own network: a function or `nn.Module` "
+                     "class importable from the working directory or PYTHONPATH, called with `num_classes=` when it "
+                     "takes it; README, Your own model).",
+                     check=lambda v: arch_problem(v) is None, why=arch_problem, expect=ARCH_FORMS)
     checkpoint: str | None = _opt(None, "Weights to start from: a checkpoint of this tool (its architecture and "
                                   "masks come along) or a plain/wrapped state dict (`module.` prefixes and "
                                   "`{'state_dict': ...}` wrappers are handled). Keys are checked strictly.")
-    pretrained: bool = _opt(False, "torchvision models only: start from torchvision's ImageNet weights "
-                            "(offline: the file must already be in `$TORCH_HOME/hub/checkpoints`).")
+    pretrained: bool = _opt(False, "torchvision and timm models only (`tv_*`, `torchvision:`, `timm:`): start from "
+                            "their default ImageNet weights (torchvision offline: the file must already be in "
+                            "`$TORCH_HOME/hub/checkpoints`, and the error names it; timm: the Hugging Face cache). "
+                            "With `num_classes` other than the weights' 1000, the classifier layer is replaced by a "
+                            "new, randomly initialised one.")
     num_classes: int | None = _opt(None, f"Output classes (default: the dataset's). At most {MAX_CLASSES}.",
                                    **_int_range(1, MAX_CLASSES, or_null=True))
     shortcut: str | None = _opt(None, "CIFAR ResNets only: `A` (parameter-free, zero-padded) or `B` (1x1 conv + "
                                 "BN) shortcuts where the shape changes. Default `A`.",
                                 choices=choices.SHORTCUTS, or_null=True)
+    input_size: list[int] | None = _opt(None, "`[C, H, W]` of one input: what the model is traced with for filter "
+                                        "pruning and checked with by one forward pass before a run. Default: the "
+                                        "data's images (3 x `data.image_size`); `--list-layers`, which loads no "
+                                        "data, takes `data.image_size`, else the size the model class declares, else "
+                                        "3x224x224. When set, the data's images are checked too. "
+                                        f"Channels at most {MAX_INPUT_CHANNELS}, height and width at most "
+                                        f"{MAX_IMAGE_SIZE}.", check=lambda v: input_size_problem(v) is None,
+                                        why=input_size_problem,
+                                        expect=f"a list of 3 positive integers [C, H, W] (C at most "
+                                        f"{MAX_INPUT_CHANNELS}, H and W at most {MAX_IMAGE_SIZE}) or null")
     classifier: list[int] | None = _opt(None, "`vgg16_bn_cifar` only: hidden widths of the classifier. Default "
                                         "`[512]` (Li et al., 1.5e7 parameters); `[4096, 4096]` is the "
                                         f"filter-pruning reference's 33.6M-parameter model. Each at most {MAX_WIDTH}.",
