@@ -168,7 +168,7 @@ def group_stats(graph: ChannelGraph) -> dict[str, Any]:
         for reason in short_reasons(group.blocked) if group.blocked else ():
             entry = blocks.setdefault(reason, [0, 0])
             entry[0] += 1
-            entry[1] += group.channels
+            entry[1] += width(group)
     return {
         "groups_prunable": len(prunable), "groups_total": len(produced),
         "channels_reachable": sum(map(width, prunable)), "channels_total": sum(map(width, produced)),

@@ -246,13 +246,25 @@ def build_arch(arch: str, options: Mapping[str, Any], *, name_key: str = "model.
     module docstring for the forms and the keys in messages."""
     check_arch(arch, name_key=name_key)
     form = parse_arch(arch)
-    options = dict(options)
     if form.kind == REGISTERED:
-        try:
-            model = get_model(arch, **options)
-        except UserError as exc:  # the registry's message begins with the option's name
-            raise UserError(f"{option_key}.{exc}") from None
-        return BuiltModel(model, {k: v for k, v in options.items() if k != "pretrained"})
+        return _build_registered(arch, options, option_key)
+    built = _build_outside(arch, form, dict(options), (name_key, option_key))
+    if getattr(built.model, "layer_naming", None) is None:  # models/api.py: what a model declares for pruning
+        built.model.layer_naming = "modules"  # no numbering convention outside the registry: module names
+    return built
+
+
+def _build_registered(arch: str, options: Mapping[str, Any], option_key: str) -> BuiltModel:
+    try:
+        model = get_model(arch, **options)
+    except UserError as exc:  # the registry's message begins with the option's name
+        raise UserError(f"{option_key}.{exc}") from None
+    return BuiltModel(model, {k: v for k, v in options.items() if k != "pretrained"})
+
+
+def _build_outside(arch: str, form: ArchForm, options: dict[str, Any], keys: tuple[str, str]) -> BuiltModel:
+    """A model from torchvision, timm or the user's own code."""
+    option_key = keys[1]
     if form.kind == TORCHVISION:
         unknown = [k for k in options if k not in TORCHVISION_OPTIONS]
         if unknown:
@@ -267,5 +279,5 @@ def build_arch(arch: str, options: Mapping[str, Any], *, name_key: str = "model.
                             f"({_first_line(exc)})") from None
         return BuiltModel(model, rebuild)
     if form.kind == TIMM:
-        return _build_timm(arch, form.name, options, (name_key, option_key))
-    return _build_user(arch, form, options, (name_key, option_key))
+        return _build_timm(arch, form.name, options, keys)
+    return _build_user(arch, form, options, keys)

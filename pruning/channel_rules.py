@@ -18,100 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pruning.groups import Record, UnitBuilder
+from pruning.trace_state import TraceContext, node_shape, what, where
 from pruning.unit_ids import along_axis, compact, expand, varying
 from utils.core.tvguard import torchvision
 
-__all__ = ["Rule", "TraceContext", "arrays", "has_state", "node_shape", "rule_for"]
+__all__ = ["Rule", "has_state", "rule_for"]
 
 # A parameter used directly in the forward pass gets one id per element; larger ones (an attention block's qkv
 # weight handed to a function) are not followed: their elements are one blocked unit.
 _PARAM_LIMIT = 1 << 16
-
-
-def node_shape(node: Any) -> tuple[int, ...] | None:
-    """The output shape the shape pass recorded for ``node`` (None: not a node, or not a tensor)."""
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
-    return tuple(shape) if shape is not None else None
-
-
-def _where(node: fx.Node) -> str:
-    """The module a node belongs to, for messages (``layer2.0.shortcut``)."""
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack), None) or "the model's own forward"
-
-
-def _what(node: fx.Node, module: nn.Module | None) -> str:  # for messages: ``Conv2d layer1.0.conv1``
-    if module is not None:
-        return f"{type(module).__name__} {node.target}"
-    name = getattr(node.target, "__name__", str(node.target))
-    return f"{name} in {_where(node)}"
-
-
-def arrays(value: Any) -> list[np.ndarray]:
-    if isinstance(value, np.ndarray):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [a for v in value for a in arrays(v)]
-    return []
-
-
-class TraceContext:
-    """The state of one trace: the ids of every tensor so far, the union-find of units, and every module dimension
-    that carries them (:class:`~pruning.groups.Record`)."""
-
-    def __init__(self, builder: UnitBuilder, root: nn.Module) -> None:
-        self.b = builder
-        self.root = root
-        self.info: dict[fx.Node, Any] = {}
-        self.records: list[Record] = []
-        self.params: list[tuple[str, np.ndarray, int]] = []  # (name, ids of every element, position)
-        self.convs: list[str] = []  # every Conv2d call, in execution order
-        self.linears: list[str] = []
-        self.grouped: set[str] = set()
-        self.position = 0
-
-    def ids(self, arg: Any) -> np.ndarray | None:
-        """The ids of tensor ``arg``; a tensor the trace does not follow gets one fresh blocked id."""
-        value = self.info.get(arg) if isinstance(arg, fx.Node) else None
-        if isinstance(value, np.ndarray):
-            return value
-        shape = node_shape(arg)
-        if shape is None:
-            return None
-        return self.fresh(len(shape), "its channels come from a value the channel analysis does not follow")
-
-    def fresh(self, ndim: int, reason: str) -> np.ndarray:
-        return self.b.new(1, blocked=reason).reshape((1,) * ndim)
-
-    def tie(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        for a, b in pairs:
-            self.b.union_arrays(a, b)
-
-    def along(self, arg: Any, axis: int) -> np.ndarray:
-        """The 1-D ids along ``axis`` of tensor ``arg`` (a weight is applied along it)."""
-        shape = node_shape(arg)
-        ids = self.ids(arg)
-        column, ties = along_axis(ids, axis % len(shape), shape[axis])
-        self.tie(ties)
-        return column
-
-    def record(self, module: str, role: str, ids: np.ndarray, dim: int = 0) -> None:
-        self.records.append(Record(module, role, np.asarray(ids, dtype=np.int64), self.position, dim))
-
-    def block_inputs(self, node: fx.Node, reason: str) -> None:
-        for arg in node.all_input_nodes:
-            for ids in arrays(self.info.get(arg)):
-                self.b.block(ids, reason)
-
-    def unknown(self, node: fx.Node, module: nn.Module | None = None) -> Any:
-        reason = f"its channels go through {_what(node, module)}, which the channel analysis does not follow"
-        self.block_inputs(node, reason)
-        shape = node_shape(node)
-        return self.fresh(len(shape), reason) if shape is not None else None
 
 
 Rule = Callable[[TraceContext, fx.Node, nn.Module | None], Any]
@@ -157,7 +72,7 @@ def _norm(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
 def _channel_norm(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     """LayerNorm/GroupNorm: every output depends on the statistics of all normalised channels, so removing one
     changes the others; the pruned model would not compute what the masked one does. Blocked."""
-    ctx.block_inputs(node, f"{_what(node, module)} normalises across these channels (removing one changes the "
+    ctx.block_inputs(node, f"{what(node, module)} normalises across these channels (removing one changes the "
                            "others' outputs)")
     return ctx.ids(node.args[0])
 
@@ -200,7 +115,7 @@ def _reshape(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     if not fixed:
         return out
     if len(free) != 1:
-        ctx.b.block(out, f"{_what(node, module)} writes the channel count into the graph as a number")
+        ctx.b.block(out, f"{what(node, module)} writes the channel count into the graph as a number")
         return out
     column, ties = along_axis(out, free[0], after[free[0]])
     ctx.tie(ties)
@@ -262,7 +177,7 @@ def _chunk(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     parts = np.split(x, pieces, axis=axis)
     if not chunked:  # split(size) writes the piece size into the graph: it cannot follow pruning
         for part in parts:
-            ctx.b.block(part, f"{_what(node, module)} splits at a size written into the graph")
+            ctx.b.block(part, f"{what(node, module)} splits at a size written into the graph")
         return tuple(parts)
     ctx.tie([(parts[0], part) for part in parts[1:]])
     return tuple(parts)
@@ -339,7 +254,7 @@ def _getitem(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
         if x.shape[axis] > 1:
             small.append(entry)
             if entry != whole:
-                ctx.b.block(x, f"{_what(node, module)} slices channels at fixed bounds")
+                ctx.b.block(x, f"{what(node, module)} slices channels at fixed bounds")
         else:
             small.append(0 if isinstance(entry, int) else whole)
         axis += 1
@@ -355,7 +270,7 @@ def _pad(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     padded = [x.ndim - 1 - i for i in range(len(pad) // 2) if tuple(pad[2 * i:2 * i + 2]) != (0, 0)]
     if not any(x.shape[axis] > 1 for axis in padded):
         return x
-    reason = (f"the zero-padding shortcut {_where(node)} places these channels at an offset inside a wider "
+    reason = (f"the zero-padding shortcut {where(node)} places these channels at an offset inside a wider "
               "residual sum (option-A shortcut; build the model with shortcut B to prune residual channels)")
     ctx.b.block(x, reason)
     axis = next(a for a in padded if x.shape[a] > 1)

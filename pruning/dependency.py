@@ -46,8 +46,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pruning.channel_rules import TraceContext, arrays, has_state, node_shape, rule_for
+from pruning.channel_rules import has_state, rule_for
 from pruning.groups import ChannelGraph, ChannelGroup, UnitBuilder, freeze, written_and_read
+from pruning.trace_state import TraceContext, arrays, node_shape
 from utils.core.errors import UserError
 
 __all__ = ["analyse", "build_groups", "default_example_input"]
@@ -129,8 +130,10 @@ def _keep_params(ctx: TraceContext) -> None:
             ctx.position = position
             column = np.moveaxis(ids, axes[0], 0).reshape(ids.shape[axes[0]], -1)[:, 0]
             ctx.record(name, "param", column, dim=axes[0])
-        elif units.size > 1:
+        elif axes:
             ctx.b.block(ids, f"parameter {name} mixes channels along several dimensions")
+        elif units.size > 1:
+            ctx.b.block(ids, f"parameter {name} is tied as a whole to channels the analysis does not follow")
 
 
 def analyse(model: nn.Module, example_input: torch.Tensor | None = None) -> ChannelGraph:

@@ -8,6 +8,7 @@ scheme a model gets is the model's choice: its class declares ``layer_naming`` (
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pruning.groups import ChannelGraph
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
 
-__all__ = ["NAMING_SCHEMES", "LayerNames", "block_names", "layer_names", "numbered_names", "prunable_layers"]
+__all__ = ["NAMING_SCHEMES", "LayerNames", "block_names", "layer_names", "module_names", "numbered_names",
+           "prunable_layers"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class LayerNames:
     ``layers``: short name -> producer conv (``conv7`` -> ``layer1.2.conv2``), in input order.
     ``selectors``: names that stand for several layers (``layer2`` -> its blocks' first convs).
     ``aliases``: other accepted spellings -> canonical layer name (module names, ``features.N``).
-    ``producers``: every conv whose filters can be ranked, by module name (also accepted as names).
+    ``producers``: every conv and linear layer whose filters can be ranked, by module name (also accepted as names);
+    a glob (``features.*``) stands for the ``prunable`` ones it matches.
     ``note``: how else the short names may be written (shown in error messages).
     """
 
@@ -39,6 +42,7 @@ class LayerNames:
     aliases: dict[str, str]
     producers: tuple[str, ...]
     note: str = ""  # how else the short names may be written, for error messages
+    prunable: tuple[str, ...] = ()  # the producers whose channel groups may be pruned: what a glob matches
 
     def module(self, name: str) -> str:
         """The producer conv that canonical layer ``name`` stands for."""
@@ -58,7 +62,18 @@ class LayerNames:
             return [self.aliases[name]]
         if name in self.producers:
             return [name]
+        if any(ch in name for ch in "*?["):
+            return self._glob(name, key)
         raise UserError(f"{key}: unknown layer {name!r}; valid names: {self.describe()}")
+
+    def _glob(self, pattern: str, key: str) -> list[str]:
+        """The prunable layers whose module name or short name matches ``pattern`` (``features.*``, ``layer3.*``,
+        ``encoder.layers.*.mlp.0``); layers that cannot be pruned are left out rather than refused."""
+        found = [self.canonical(p) for p in self.prunable
+                 if fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(self.canonical(p), pattern)]
+        if not found:
+            raise UserError(f"{key}: {pattern!r} matches no prunable layer; valid names: {self.describe()}")
+        return list(dict.fromkeys(found))
 
     def describe(self) -> str:
         """The valid names, abbreviated where they are a long numbered run."""
@@ -90,6 +105,13 @@ def _is_projection_shortcut(graph: ChannelGraph, conv: str) -> bool:
         set(read).isdisjoint(written)
 
 
+def _producers(graph: ChannelGraph) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every conv and linear layer that writes channels, by module name, in execution order; and those of them
+    whose groups may all be pruned."""
+    producers = tuple(c for c in (*graph.convs, *graph.linears) if not graph.is_depthwise(c) and graph.writes.get(c))
+    return producers, tuple(p for p in producers if all(graph.groups[i].prunable for i in graph.writes[p]))
+
+
 def numbered_names(graph: ChannelGraph) -> LayerNames:
     """``conv1``, ``conv2``, ... over the main-path convs in input order (projection shortcuts and
     depthwise convs are not numbered). For VGG that is ``features.conv1..13``; for ResNets it is the
@@ -115,8 +137,9 @@ def numbered_names(graph: ChannelGraph) -> LayerNames:
         stage = _stage(group.producers[-1]) if group.summed and group.producers else None
         if stage is not None and f"{stage}.residual" not in selectors:
             selectors[f"{stage}.residual"] = tuple(aliases.get(p, p) for p in group.producers)
-    producers = tuple(c for c in graph.convs if not graph.is_depthwise(c))
-    return LayerNames(layers=layers, selectors=selectors, aliases=aliases, producers=producers)
+    producers, prunable = _producers(graph)
+    selectors.update(_group_selectors(graph, aliases, selectors))
+    return LayerNames(layers=layers, selectors=selectors, aliases=aliases, producers=producers, prunable=prunable)
 
 
 def block_names(graph: ChannelGraph) -> LayerNames:
@@ -137,14 +160,39 @@ def block_names(graph: ChannelGraph) -> LayerNames:
             layers[name] = group.producers[0]
             aliases[f"{parts[0]}.{parts[1]}"] = name
             aliases[group.producers[0]] = name
-    producers = tuple(c for c in graph.convs if not graph.is_depthwise(c))
+    producers, prunable = _producers(graph)
     layers = dict(sorted(layers.items(), key=lambda item: int(re.sub(r"\D", "", item[0]))))
-    return LayerNames(layers=layers, selectors={}, aliases=aliases, producers=producers,
+    return LayerNames(layers=layers, selectors=_group_selectors(graph, aliases, {}), aliases=aliases,
+                      producers=producers, prunable=prunable,
                       note="(block N may also be written as its module name features.N)")
 
 
+def _group_selectors(graph: ChannelGraph, aliases: dict[str, str], taken: dict[str, tuple[str, ...]]
+                     ) -> dict[str, tuple[str, ...]]:
+    """``group<i>`` for every residual group (several producers that can only lose channels together) that no other
+    name stands for yet: ``i`` is the group's index in the trace, as ``--list-layers`` shows it."""
+    covered = {frozenset(members) for members in taken.values()}
+    selectors = {}
+    for index, group in enumerate(graph.groups):
+        members = tuple(aliases.get(p, p) for p in group.producers)
+        if group.summed and group.prunable and len(members) > 1 and frozenset(members) not in covered:
+            selectors[f"group{index}"] = members
+    return selectors
+
+
+def module_names(graph: ChannelGraph) -> LayerNames:
+    """Any model from outside the registry (``torchvision:``, ``timm:``, the user's own): every conv and linear
+    layer that writes channels is named by its module name (``layer1.0.conv1``, ``classifier.1``); globs such as
+    ``features.*`` stand for the prunable ones they match, and ``group<i>`` for the producers of residual group ``i``.
+    """
+    producers, prunable = _producers(graph)
+    return LayerNames(layers={p: p for p in producers}, selectors=_group_selectors(graph, {}, {}), aliases={},
+                      producers=producers, prunable=prunable, note="(module names; globs such as features.* too)")
+
+
 # The schemes a model class may declare as its ``layer_naming`` (models/api.py).
-NAMING_SCHEMES: dict[str, Callable[[ChannelGraph], LayerNames]] = {"numbered": numbered_names, "blocks": block_names}
+NAMING_SCHEMES: dict[str, Callable[[ChannelGraph], LayerNames]] = {
+    "numbered": numbered_names, "blocks": block_names, "modules": module_names}
 
 
 def _naming(model: nn.Module) -> str:

@@ -174,7 +174,7 @@ def test_options_the_weights_set_are_recorded_so_the_checkpoint_computes_the_sam
 def test_a_toolkit_checkpoint_of_a_torchvision_model_and_of_its_pruned_copy_reload_equal(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = from_dict({"name": "t", "model": {"arch": "torchvision:mobilenet_v3_small"},
-                     "prune": {"method": "filter", "layers": ["conv5"], "ratios": [0.5]}})
+                     "prune": {"method": "filter", "layers": ["features.2.block.0.0"], "ratios": [0.5]}})
     built = build_arch(cfg.model.arch, {"num_classes": 10})
     model = built.model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -184,7 +184,7 @@ def test_a_toolkit_checkpoint_of_a_torchvision_model_and_of_its_pruned_copy_relo
         torch.save(make_checkpoint(model=net, arch=arch, config={}), tmp_path / f"{name}.pth")
         loaded = load_toolkit_checkpoint(tmp_path / f"{name}.pth", expect_arch=cfg.model.arch, num_classes=10)
         assert torch.equal(loaded.model.eval()(x), net(x)), name
-    assert outcome.widths["conv5"] == (72, 36)
+    assert outcome.widths["features.2.block.0.0"] == (72, 36)  # outside the registry, layers go by module name
 
 
 # ------------------------------------------------------------------------------------------ timm:<name>
@@ -430,7 +430,8 @@ def test_list_layers_says_why_a_layer_is_not_prunable(capsys: pytest.CaptureFixt
     list_layers(cfg)
     rows = _listed(capsys.readouterr().out)
     blocked = [row for row in rows if row[2].startswith("not prunable: ")]
-    assert blocked and all("zero-padding shortcut" in status for _, _, status in blocked)
+    assert blocked[-1] == ("fc", "fc", "not prunable: its channels are the model's output")  # the logits
+    assert blocked[:-1] and all("zero-padding shortcut" in status for _, _, status in blocked[:-1])
     model = build_arch("resnet20", {"num_classes": 10}).model
     with pytest.raises(UserError):
         _accepted(cfg, model, [blocked[0][0]], 32)
@@ -458,11 +459,11 @@ def test_a_user_network_trains_lists_prunes_and_reloads_through_the_scripts(
     assert done.returncode == 0, done.stderr
     best = tmp_path / "runs" / "mine" / "best.pth"
     prune = {"name": "mine_pruned", "model": {"arch": "my_nets:tiny_net", "checkpoint": str(best)},
-             "prune": {"method": "filter", "layers": ["conv1"], "ratios": [0.5], "latency": False}, **common}
+             "prune": {"method": "filter", "layers": ["0"], "ratios": [0.5], "latency": False}, **common}
     (tmp_path / "prune.json").write_text(json.dumps(prune), encoding="utf-8")
     listed = _script("pruner_exp.py", "--json", "prune.json", "--list-layers", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert [row[:2] for row in _listed(listed.stdout)] == [("conv1", "0"), ("conv2", "3")]
+    assert [row[:2] for row in _listed(listed.stdout)] == [("0", "0"), ("3", "3"), ("8", "8")]  # module names
     pruned = _script("pruner_exp.py", "--json", "prune.json", cwd=tmp_path)
     assert pruned.returncode == 0, pruned.stderr
     monkeypatch.syspath_prepend(str(tmp_path))  # this process reads the checkpoint too: it needs the module

@@ -74,7 +74,7 @@ def layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str,
             continue
         if group.blocked is not None or not group.prunable:
             status = f"not prunable: {_why_blocked(group.blocked)}" if group.blocked else "not prunable"
-        elif len(group.producers) == 1:
+        elif not group.summed:
             status = "prunable"
         else:
             coupled = [short.get(p, p) for p in group.producers]
