@@ -1,39 +1,39 @@
 """Which channels move together: channel groups read off the model's own graph with ``torch.fx``.
 
-Removing output channel ``c`` of a conv is only correct when channel ``c`` disappears from every tensor
-that carries it: the conv's BatchNorm, input channel ``c`` of the next conv, the ``H*W`` input features
-of a linear layer after ``flatten`` that came from that channel, a depthwise conv (its output channel
-``c`` *is* its input channel ``c``, so its filters, its BatchNorm and its ``groups`` follow) and every
-other conv whose output is *added* to this one (a residual sum: all producers of the sum lose the same
-indices, or the sum no longer lines up). Hand-written per-architecture tables of these couplings go
-stale the moment a model changes, so :func:`analyse` traces the model (``torch.fx.symbolic_trace``),
-runs a shape pass on an example input (``ShapeProp``: the ``H*W`` factors) and follows channel
-identity from node to node:
+Removing output channel ``c`` of a conv is only correct when channel ``c`` disappears from every tensor that
+carries it: the conv's BatchNorm, input channel ``c`` of the next conv, the ``H*W`` input features of a linear layer
+after ``flatten``, its place inside a ``torch.cat`` read by a later conv, the depthwise conv and the
+squeeze-and-excitation gate that act on it, and every other conv whose output is *added* to it. Hand-written
+per-architecture tables of these couplings go stale the moment a model changes, so :func:`analyse` traces the model
+(``torch.fx.symbolic_trace``), runs a shape pass on an example input (``ShapeProp``) and follows every tensor's
+channels as arrays of unit ids (:mod:`pruning.unit_ids`), op by op (:mod:`pruning.channel_rules`, one rule per op):
 
-* ``Conv2d`` (``groups == 1``): its input channels join the group of its input; its output starts a
-  new group with the conv as *producer*. A depthwise conv passes its input group through.
-* ``BatchNorm2d`` joins the group of its input; elementwise activations, pooling, dropout, identity,
-  multiplying by a number and spatial slicing or padding pass it through unchanged.
-* ``flatten``/``view``/``reshape`` from ``(N, C, H, W)`` to ``(N, C*H*W)`` keep the group with a
-  spatial factor ``H*W``; a ``Linear`` reading that becomes a *consumer* of ``H*W`` features per channel.
-* ``add`` (residual sums) merges the groups of its operands into one group.
+* ``Conv2d``/``Linear`` read the units of their input along the channel (last, for ``Linear``) axis and write new
+  ones; a grouped conv (depthwise included) ties each conv group's input and output channels into one unit, so it
+  loses whole conv groups and ``groups`` stays valid (the same rule serves MobileNet's depthwise convs, ResNeXt's and
+  RegNet's grouped ones; pruning the same channels of every group instead would keep the cardinality but leave
+  units of 1/groups of the channels, too coarse for 32 groups of 4);
+* ``BatchNorm`` carries its input's units; activations, pooling, dropout, ``stochastic_depth`` pass them through;
+* ``add``/``mul`` of tensors tie the units at the same place (a residual sum; a gate of shape (N, C, 1, 1));
+* ``cat``, ``chunk``, ``permute``, ``flatten``/``view``/``reshape`` and slicing move the ids exactly as they move the
+  elements, which follows DenseNet's and Inception's concatenations, ShuffleNet's channel shuffle and ConvNeXt's
+  channels-last blocks without a rule of their own; where a size is written into the graph as a number the channels
+  along it are tied or blocked (:func:`pruning.channel_rules._reshape` says how);
+* a parameter used directly (a layer scale) is sliced along the one axis its units vary along.
 
-What the trace cannot see, and how it is handled. Every case is conservative: the affected groups are
-*blocked* (never pruned, with the reason in the error a user gets), never guessed.
+The units that touch the same modules in the same way form a group (:mod:`pruning.groups`). What cannot be followed
+is refused, never guessed: the units are *blocked*, with the reason in the error a user gets:
 
-* Ops this module has no rule for (``mul``, ``cat``, attention, a module such as ``PReLU`` with
-  per-channel parameters, ...): every group flowing into them is blocked, naming the op. ``torch.cat``
-  would need channel offsets; no registered model concatenates channels, so it is refused this way.
-* Zero-padding of the channel dimension (``F.pad`` on dim 1), which is how the CIFAR ResNet option-A
-  ``PadShortcut`` widens a stage's input to the next stage's width: the padded copy sits at an offset
-  inside the wider residual sum, so the stage's sum group and the padded input are blocked. Li et al.
-  (2017, §3.4) only prune the first conv of each block in these networks anyway, and that conv is free.
-* A module with parameters or buffers called more than once (shared weights): its groups are blocked.
-* The model's input and output channels are fixed by the data and the loss: blocked.
+* ops with no rule (attention, ``einsum``, a module such as ``PReLU``), which block whatever flows into them;
+* ``LayerNorm``/``GroupNorm`` over channels (removing one changes the others' outputs, so the pruned model would
+  not compute what the masked one does): the residual stream of a ConvNeXt, ViT or Swin;
+* zero-padding of the channel dimension (``F.pad`` on dim 1), how the CIFAR ResNet option-A ``PadShortcut`` widens a
+  stage's input (Li et al. 2017, §3.4, only prune the first conv of each block there anyway);
+* a module with parameters called more than once (shared weights);
+* the model's input and output channels, fixed by the data and the loss.
 
 Where the parts live: what a group is, :mod:`pruning.groups`; the rule of every op, :mod:`pruning.channel_rules`;
-the user-facing layer names, a view of the same graph (which convs are on the main path, which feed a residual
-sum, which stage they sit in), :mod:`pruning.naming`. This module traces the model and applies the rules.
+the user-facing layer names, :mod:`pruning.naming`. This module traces the model and applies the rules.
 """
 
 
