@@ -42,7 +42,8 @@ KINDS = tuple(kind for _, kind in _KIND_OF_MODULE)
 def prunable_weights(model: nn.Module) -> dict[str, tuple[str, nn.Parameter]]:
     """``{qualified parameter name: (kind, weight)}`` in model order; kind is ``"conv"`` or ``"fc"``.
 
-    Every ``nn.Conv2d`` (grouped and depthwise included) and ``nn.Linear`` weight. Biases and
+    Every ``nn.Conv2d`` (grouped and depthwise included) and ``nn.Linear`` weight, and the input projections of an
+    ``nn.MultiheadAttention`` (as ``fc``; its output projection is a Linear). Biases and
     normalisation parameters are left alone: they are a tiny share of the weights and pruning them
     shifts activations instead of removing connections. A weight shared by two modules is listed once,
     under the name ``named_parameters()`` gives it, so that masks line up with the state dict.
@@ -51,10 +52,16 @@ def prunable_weights(model: nn.Module) -> dict[str, tuple[str, nn.Parameter]]:
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         kind = next((k for cls, k in _KIND_OF_MODULE if isinstance(module, cls)), None)
-        if kind is None or id(module.weight) in seen:
-            continue
-        seen.add(id(module.weight))
-        found[f"{module_name}.weight" if module_name else "weight"] = (kind, module.weight)
+        weights = [("weight", getattr(module, "weight", None))] if kind is not None else []
+        if isinstance(module, nn.MultiheadAttention):  # its input projections are parameters, not Linear modules
+            kind = "fc"
+            weights = [(n, getattr(module, n)) for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
+                                                         "v_proj_weight")]
+        for attr, weight in weights:
+            if weight is None or id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            found[f"{module_name}.{attr}" if module_name else attr] = (kind, weight)
     return found
 
 

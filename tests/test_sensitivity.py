@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import get_model
+from models.sources import build_arch
 from pruning import prune_filters
 from pruning.sensitivity import layer_sensitivity
 from utils.train.engine import evaluate
@@ -18,13 +18,15 @@ CASES = [
     ("resnet20", {"shortcut": "B"}, 32, ["conv14"]),
     ("vgg16_bn_cifar", {}, 32, ["conv1", "conv13"]),
     ("tv_mobilenet_v2", {"num_classes": 10}, 64, ["block2", "block17"]),
+    # A squeeze-and-excitation block's hidden width (its gate's filters go too) and a hidden Linear layer.
+    ("torchvision:mobilenet_v3_small", {"num_classes": 10}, 32, ["features.4.block.0.0", "classifier.0"]),
 ]
 
 
 def _randomised(name: str, options: dict, size: int) -> nn.Module:
     """A model with non-trivial BatchNorm statistics, so that a wrongly placed mask shows in the outputs."""
     torch.manual_seed(0)
-    model = get_model(name, **options)
+    model = build_arch(name, options).model
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)

@@ -26,6 +26,7 @@ from pruning import (
     sparsity_report,
 )
 from utils.core.errors import UserError
+from utils.core.tvguard import torchvision
 from utils.report.tables import format_layer_table, format_sweep_table
 
 
@@ -590,3 +591,14 @@ def test_compute_masks_at_resnet34_scale():
             assert pruned == round(0.5 * (n_conv + n_fc))
         elif scope == "layer_type":
             assert pruned == round(0.5 * n_conv) + round(0.5 * n_fc)
+
+
+def test_attention_input_projections_are_weights_to_prune() -> None:
+    """nn.MultiheadAttention keeps its q/k/v projection as a parameter, not a Linear: it is an fc weight too."""
+    model = torchvision.models.vit_b_16(image_size=32, num_classes=10)
+    weights = prunable_weights(model)
+    name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
+    assert weights[name][0] == "fc" and name.replace("in_proj_weight", "out_proj.weight") in weights
+    result = prune_weights(model, percent=0.5)
+    kept = result.masks[name].float().mean().item()  # one threshold for all fc weights: about half go here too
+    assert 0.3 < kept < 0.7 and torch.equal(model.get_parameter(name) == 0, ~result.masks[name])
