@@ -46,6 +46,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from pruning.attention import AttentionHeads
 from pruning.channel_rules import has_state, rule_for
 from pruning.groups import ChannelGraph, ChannelGroup, UnitBuilder, freeze, written_and_read
 from pruning.trace_state import TraceContext, arrays, node_shape
@@ -63,9 +64,16 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, *getattr(model, "input_size", DEFAULT_INPUT_SIZE))
 
 
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with the attention modules pruning creates kept whole, as torch's own are."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, AttentionHeads) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... depending on the construct
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(f"filter pruning finds coupled channels by tracing the model with torch.fx, and "

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.attention import head_positions
 from pruning.dependency import analyse
 from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
 from pruning.importance import group_scores
@@ -271,6 +272,8 @@ def filter_masks(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence
         for member in group.members:
             positions = member.positions(removed.get(index, ()))
             for name, param, dim in _member_params(model, member):
+                if member.role == "heads":
+                    positions = head_positions(model.get_submodule(member.module), removed.get(index, ()))[dim]
                 mask = masks.get(name)
                 if mask is None:
                     mask = masks[name] = torch.ones(param.shape, dtype=torch.bool, device=param.device)
@@ -283,6 +286,10 @@ def _member_params(model: nn.Module, member: Member) -> list[tuple[str, torch.Te
     if member.role == "param":
         return [(member.module, model.get_parameter(member.module), member.dim)]
     module = model.get_submodule(member.module)
+    if member.role == "heads":  # masks are per parameter row: a head's rows of q, k, v and columns of out_proj
+        return [(f"{member.module}.{n}", p, d) for n, p, d in (("in_proj_weight", module.in_proj_weight, 0),
+                ("in_proj_bias", module.in_proj_bias, 0), ("out_proj.weight", module.out_proj.weight, 1))
+                if p is not None]
     dim = 1 if member.role in READERS else 0
     names = ("weight",) if member.role in READERS else ("weight", "bias")
     return [(f"{member.module}.{n}", getattr(module, n), dim) for n in names if getattr(module, n, None) is not None]
@@ -293,7 +300,10 @@ def masked_filters(plan: FilterPlan, masks: Mapping[str, torch.Tensor]) -> dict[
     found: dict[int, list[int]] = {}
     for index in sorted(plan.groups):
         member = next(m for m in plan.graph.groups[index].members if m.role in WRITERS)
-        rows = masks[f"{member.module}.weight"].flatten(1).any(dim=1)
+        weight = "in_proj_weight" if member.role == "heads" else "weight"
+        rows = masks[f"{member.module}.{weight}"].flatten(1).any(dim=1)
+        if member.role == "heads":  # the query rows of each head
+            rows = rows[: len(rows) // 3].view(len(member.index), -1).any(dim=1)
         found[index] = [u for u, positions in enumerate(member.index) if not rows[list(positions)].any()]
     return found
 

@@ -24,8 +24,9 @@ import numpy as np
 __all__ = ["READERS", "ROLES", "WRITERS", "ChannelGraph", "ChannelGroup", "Consumer", "Member", "Record", "UnitBuilder",
            "freeze", "written_and_read"]
 
-WRITERS = ("conv_out", "linear_out")
-"""Roles whose rows are filters that write a unit's channels: what importance criteria rank (producers)."""
+WRITERS = ("conv_out", "linear_out", "heads")
+"""Roles whose rows are filters that write a unit's channels: what importance criteria rank (producers). A unit of
+``heads`` is one attention head (:mod:`pruning.attention`)."""
 READERS = ("conv_in", "linear_in")
 """Roles that read a unit's channels through their weights' input dimension (consumers)."""
 ROLES = (*WRITERS, *READERS, "grouped", "norm", "param")

@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from pruning.attention import head_rows
 from pruning.groups import WRITERS, ChannelGroup
 from utils.core.registry import Registry
 
@@ -96,7 +97,8 @@ def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1
     for member in group.members:
         if member.role not in WRITERS:
             continue
-        weight = model.get_submodule(member.module).weight
+        module = model.get_submodule(member.module)
+        weight = head_rows(module) if member.role == "heads" else module.weight
         per_filter = score_of(weight, ignore_in_channels=ignore.get(member.module)).cpu()
         total += per_filter[torch.tensor(member.index, dtype=torch.long)].sum(dim=1)
     return total

@@ -27,6 +27,7 @@ from pruning.filter import filters_to_remove
 from pruning.groups import READERS, ChannelGraph, Member
 from pruning.importance import group_scores
 from pruning.naming import layer_names
+from utils.core.errors import UserError
 from utils.core.metrics import Meter
 
 
@@ -100,6 +101,9 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     graph = graph if graph is not None else analyse(model, example_input)
     names = layer_names(model, graph)
     group = graph.group_of(names.module(names.resolve(layer)[0]))
+    if any(member.role == "heads" for member in group.members):
+        raise UserError(f"sensitivity.layers: {layer} is an attention layer; the sensitivity sweep prunes channels, "
+                        "not attention heads, yet: leave it out of sensitivity.layers")
     order = torch.argsort(group_scores(model, group), stable=True)
     gone_of, kept = [], []
     for ratio in ratios:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.attention import ATTENTION, AttentionHeads, slice_heads
 from pruning.groups import ChannelGroup
 from utils.core.errors import UserError
 
@@ -129,7 +130,16 @@ def _slice_param(model: nn.Module, name: str, dim: int, drop: set[int]) -> None:
     setattr(parent, attr, nn.Parameter(kept, requires_grad=old.requires_grad))
 
 
-_SLICERS = {nn.Conv2d: _slice_conv, nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.Linear: _slice_linear}
+def _slice_attention(old: nn.Module, drop: Mapping[str, set[int]]) -> nn.Module:
+    return slice_heads(old, drop["heads"])
+
+
+_SLICERS = {nn.Conv2d: _slice_conv, nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.Linear: _slice_linear,
+            nn.MultiheadAttention: _slice_attention, AttentionHeads: _slice_attention}
+
+
+_SIZE_OF_ROLE = {"conv_out": "out_channels", "grouped": "out_channels", "conv_in": "in_channels", "heads": "num_heads",
+                 "linear_out": "out_features", "linear_in": "in_features", "norm": "num_features"}
 
 
 def _check_sizes(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
@@ -140,8 +150,7 @@ def _check_sizes(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
                 continue
             module = model.get_submodule(member.module)
             _exact(module, tuple(_SLICERS), member.module)
-            size = {"conv_out": "out_channels", "grouped": "out_channels", "conv_in": "in_channels",
-                    "linear_out": "out_features", "linear_in": "in_features", "norm": "num_features"}[member.role]
+            size = _SIZE_OF_ROLE[member.role]
             highest = max((p for unit in member.index for p in unit), default=-1)
             if highest >= getattr(module, size):
                 raise ValueError(f"{member.module} has {getattr(module, size)} {size.replace('_', ' ')} but the group "
@@ -208,7 +217,9 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
         keys = _SHAPE_KEYS.get(type(module).__name__)
         if keys is not None and type(module) in (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear):
             shapes[name] = {"type": type(module).__name__, **{key: int(getattr(module, key)) for key in keys}}
-        elif type(module) not in _SLICERS:  # parameters used directly (a layer scale) may be sliced too
+        elif isinstance(module, AttentionHeads):
+            shapes[name] = {"type": "AttentionHeads", **{key: int(getattr(module, key)) for key in _HEAD_KEYS}}
+        elif not isinstance(module, tuple(_SLICERS)):  # parameters used directly (a layer scale) may be sliced too
             for param_name, param in module.named_parameters(prefix=name, recurse=False):
                 shapes[param_name] = {"type": "Parameter", "shape": list(param.shape)}
     return shapes
@@ -217,6 +228,27 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
 def _bad(name: str, problem: str) -> UserError:
     return UserError(f"arch.shapes: {name}: {problem}; the checkpoint was written for another architecture "
                      "or model option (rebuild with the arch it was saved from)")
+
+
+_HEAD_KEYS = ("embed_dim", "num_heads", "head_dim")
+
+
+def _apply_head_shape(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        raise _bad(name, "the model has no such module") from None
+    if not isinstance(old, ATTENTION):
+        raise _bad(name, f"the checkpoint has attention heads but the model a {type(old).__name__}")
+    sizes = {key: spec.get(key) for key in _HEAD_KEYS}
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sizes.values()):
+        raise _bad(name, f"{', '.join(_HEAD_KEYS)} must be positive integers, got {dict(sizes)!r}")
+    if sizes["embed_dim"] != old.embed_dim or sizes["head_dim"] != old.head_dim:
+        raise _bad(name, f"the model's attention has embed_dim {old.embed_dim} and head_dim {old.head_dim}")
+    new = AttentionHeads(old.embed_dim, sizes["num_heads"], old.head_dim, bias=old.in_proj_bias is not None,
+                         dropout=old.dropout, batch_first=old.batch_first, device=old.in_proj_weight.device,
+                         dtype=old.in_proj_weight.dtype)
+    _replace(model, name, _finish(new, old))
 
 
 def _apply_param_shape(model: nn.Module, name: str, shape: Any) -> None:
@@ -246,6 +278,9 @@ def apply_shapes(model: nn.Module, shapes: Mapping[str, Mapping[str, Any]]) -> N
     for name, spec in shapes.items():
         if isinstance(spec, Mapping) and spec.get("type") == "Parameter":
             _apply_param_shape(model, name, spec.get("shape"))
+            continue
+        if isinstance(spec, Mapping) and spec.get("type") == "AttentionHeads":
+            _apply_head_shape(model, name, spec)
             continue
         try:
             module = model.get_submodule(name)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning import analyse, apply_masks, layer_names
+from pruning import analyse, apply_masks, apply_shapes, layer_names, pruned_shapes
+from pruning.attention import slice_heads
 from pruning.filter import filter_masks, plan_every_group, prune_filters, remove_filters, select_filters
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
@@ -225,3 +226,62 @@ def test_a_conv_that_reads_the_residual_sum_it_writes_into_is_not_taken_for_a_de
     selector = next(s for s, members in names.selectors.items() if conv in members)
     result = prune_filters(model, layers=[selector], ratios=[0.25], example_input=x)
     assert result.widths[conv] == (16, 12)
+
+
+class Encoder(nn.Module):
+    """A pre-norm transformer block over 4 tokens: attention of 4 heads, an MLP, two residual sums."""
+
+    def __init__(self, dim: int = 16, batch_first: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=batch_first)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, 2)
+        self.batch_first = batch_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x.flatten(2).transpose(1, 2))  # (N, 4 tokens, dim)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.mlp(self.ln2(x))
+        return self.head(x.mean(0 if not self.batch_first else 1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_heads_are_units_and_the_pruned_block_reloads(batch_first: bool) -> None:
+    net, x = Encoder(batch_first=batch_first), torch.randn(3, 3, 2, 2)
+    graph = analyse(net, x[:1])
+    heads = graph.group_of("attn")
+    assert heads.channels == 4 and heads.member("attn", "heads").index == ((0,), (1,), (2,), (3,))
+    assert graph.group_of("mlp.0").prunable and not graph.group_of("embed").prunable  # LayerNorm on the stream
+    _prune_every_group(net, x)
+    assert type(net.attn).__name__ == "AttentionHeads" and net.attn.num_heads == 2 and net.attn.head_dim == 4
+    assert net.attn.in_proj_weight.shape == (24, 16) and net.attn.out_proj.weight.shape == (16, 8)
+    fresh = Encoder(batch_first=batch_first)
+    apply_shapes(fresh, pruned_shapes(net))
+    fresh.load_state_dict(net.state_dict())  # strict: the same keys as nn.MultiheadAttention's
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), net(x), rtol=0, atol=0)
+    again = analyse(net, x[:1]).group_of("attn")  # a pruned block is traced and pruned again
+    assert again.channels == 2 and again.prunable
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_heads_compute_what_multihead_attention_computes(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    original = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    same = slice_heads(original, set()).eval()
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[:, -2:] = True
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    for options in ({}, {"need_weights": False}, {"key_padding_mask": padding}, {"attn_mask": causal},
+                    {"average_attn_weights": False}):
+        expected, got = original(x, x, x, **options), same(x, x, x, **options)
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
+        assert (got[1] is None) == (expected[1] is None)
+        if got[1] is not None:
+            torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
