@@ -1,7 +1,7 @@
 """Bad inputs through the real entry scripts: one table, one row per mistake a user can make.
 
-Every row of ``CASES`` runs ``trainer_exp.py`` or ``pruner_exp.py`` as a user runs them (a subprocess) in a folder of
-its own. The folder already holds an earlier run of the same experiment (``runs/bad_input`` with ``last.pth``,
+Every row of ``CASES`` runs ``trainer_exp.py`` or ``pruner_exp.py`` in a process and a folder of its own. The
+folder already holds an earlier run of the same experiment (``runs/bad_input`` with ``last.pth``,
 ``best.pth``, ``metrics.jsonl``, ``results.json``: arbitrary bytes) and the files the row refers to (``{name}`` in a
 row is a file built by ``FILES``; ``{tmp}`` is the folder, ``{data}`` a tiny CIFAR-10). Each row must end with exit
 status 2 and exactly one stderr line, ``error: ...``, without a traceback, that holds all the row's fragments (the
@@ -10,30 +10,37 @@ usage lines first, so there the last line is checked. And the folder must be lef
 byte-for-byte, nothing new, unless the row says what it may create (``creates``: a disk that fills up during a
 checkpoint save does so after the run directory was made; even then no ``*.tmp`` and no half-written checkpoint).
 
-Most rows fail before any data is read, but each costs a Python + torch start-up (1-4 s), so the selected rows run side
-by side, one per CPU core, in one module fixture (``outcomes``); each test then checks its own row. The rows that limit
-the file size (``fsize``) or make a folder read-only (``read_only``; as root the script then runs in a user namespace
-of its own, where root cannot write it either) run after the others, one at a time, because ``preexec_fn`` is not safe
-beside threads. Layer spec errors that need a traced model (unknown ``prune.layers`` of a filter run, too many filters,
-coupled layers) are ``FILTER_ERRORS`` in ``test_filter_runner.py`` and are not repeated here.
+Most rows fail before any data is read, but a fresh ``python pruner_exp.py`` spends 2-5 s importing torch and
+torchvision, so the selected rows run in one module fixture (``outcomes``), and each test then checks its own row.
+
+- Rows marked ``fresh`` (one or two a room: the experiment file, argparse, checkpoints, data read by DataLoader
+  workers, a full disk) run as a user runs them, a new ``python SCRIPT ...`` each, side by side; those that limit the
+  file size (``fsize``) or make a folder read-only (``read_only``; as root the script then runs in a user namespace of
+  its own, where root cannot write it either) after the others, one at a time (``preexec_fn`` is not safe beside
+  threads).
+- Every other row runs in a process forked from one that has imported torch and torchvision (``forkrun.py``): its own
+  process, exit status, stdout and stderr pipes, working folder, file size limit and user namespace, the script run as
+  ``__main__`` with the project's own imports; only the interpreter's start-up is shared (``test_forkrun.py``). When
+  this was written, every row run both ways gave the same exit status, stderr and files, and stdout but for ``Time:``.
+
+Layer spec errors that need a traced model (unknown ``prune.layers`` of a filter run, too many filters, coupled layers)
+are ``FILTER_ERRORS`` in ``test_filter_runner.py`` and are not repeated here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import ctypes
 import functools
 import io
 import json
 import os
 import random
 import re
-import resource
-import signal
 import struct
 import subprocess
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +48,9 @@ from typing import Any
 
 import pytest
 import torch
+from forkrun import Job, leave_root, limit_file_size, run_jobs
 from test_data import write_cifar
-from test_runner import PRUNER, TRAINER, Run, cifar, run_script, snapshot
+from test_runner import PRUNER, RUN_TIMEOUT_S, TRAINER, Run, cifar, run_script, script_run, snapshot
 
 NAME = "bad_input"
 EARLIER = {"last.pth": b"earlier last checkpoint", "best.pth": b"earlier best checkpoint",
@@ -69,6 +77,7 @@ class Case:
     argparse: bool = False  # argparse's usage error: its last line is checked
     read_only: str | None = None  # a folder ({names}) made read-only while the script runs (see leave_root)
     xfail: str | None = None  # the change outside this file's reach that the row waits for
+    fresh: bool = False  # run as a new process (``python SCRIPT ...``), not forked from one that has imported torch
 
 
 # ------------------------------------------------------------------------------------------------ files of the rows
@@ -310,7 +319,7 @@ CASES: dict[str, Case] = {
                               json="{tmp}/absent.json"),
     "json_is_a_directory": Case(TRAINER, ("{tmp}: is a directory", "--json takes an experiment file"), json="{tmp}"),
     "json_malformed": Case(TRAINER, ("{tmp}/bad.json", "invalid JSON at line 3 column 32", "property name"),
-                           text=BAD_JSON),
+                           text=BAD_JSON, fresh=True),
     "json_top_level_list": Case(TRAINER, ("{tmp}/bad.json", "top level must be a JSON object", "got list"),
                                 text='[{"name": "bad_input"}]\n'),
     "missing_model_arch": Case(TRAINER, ("bad.json: model.arch: missing", "expected a string", "resnet20"),
@@ -348,7 +357,7 @@ CASES: dict[str, Case] = {
     "prune_percent_cli_above_one": Case(PRUNER, ("--prune_percent 1.5", "[0, 1)"),
                                         args=("--prune_percent", "0.5", "1.5")),
     "prune_percent_cli_not_a_number": Case(PRUNER, ("argument --prune_percent", "invalid float value: 'abc'"),
-                                           args=("--prune_percent", "abc"), argparse=True),
+                                           args=("--prune_percent", "abc"), argparse=True, fresh=True),
     # registry names and what the chosen method reads
     "unknown_arch": Case(TRAINER, ("bad.json: model.arch", "'resnet21'", "resnet20", "resnet56", "vgg16_bn_cifar",
                                    "tv_resnet18", "did you mean 'resnet20' or 'resnet32'?"),
@@ -385,7 +394,7 @@ CASES: dict[str, Case] = {
     "checkpoint_unreadable": Case(TRAINER, ("checkpoint {unreadable}", "is a directory" if ROOT else "cannot be read",
                                             "model.checkpoint"), edits={"model.checkpoint": "{unreadable}"}),
     "checkpoint_truncated": Case(TRAINER, ("checkpoint {half} is truncated", "cut short", "check model.checkpoint"),
-                                 edits={"model.checkpoint": "{half}"}),
+                                 edits={"model.checkpoint": "{half}"}, fresh=True),
     "checkpoint_random_bytes": Case(TRAINER, ("checkpoint {random}", "not a PyTorch checkpoint", "not a zip archive",
                                               "check model.checkpoint"), edits={"model.checkpoint": "{random}"}),
     "checkpoint_text_file": Case(TRAINER, ("checkpoint {text}", "text file that begins 'notes: the weig",
@@ -434,7 +443,7 @@ CASES: dict[str, Case] = {
                                               "--set output.dir=PATH"), edits={"output.dir": "{file}/runs"}),
     "disk_full_new_run": Case(TRAINER, (f"could not write {{tmp}}/{NEW_RUN}/last.pth", "File too large",
                                         "the previous file, if any, is intact"), fsize=FSIZE_LIMIT,
-                              creates=(NEW_RUN, f"{NEW_RUN}/config.json", f"{NEW_RUN}/metrics.jsonl")),
+                              creates=(NEW_RUN, f"{NEW_RUN}/config.json", f"{NEW_RUN}/metrics.jsonl"), fresh=True),
     "disk_full_resume": Case(TRAINER, ("could not write {interrupted}", "File too large", "is intact"),
                              args=("--resume", "{interrupted}"), fsize=FSIZE_LIMIT,
                              creates=("interrupted/metrics.jsonl",)),
@@ -484,7 +493,7 @@ CASES: dict[str, Case] = {
     "image_empty_in_worker": Case(TRAINER, ("cannot read the image {empty_jpeg}/train/cat/2.jpg", "empty (0 bytes)",
                                             "data.skip_bad_images: true"),
                                   edits={"data.name": "imagefolder", "data.root": "{empty_jpeg}", "data.workers": 2},
-                                  creates=(NEW_RUN, f"{NEW_RUN}/config.json")),
+                                  creates=(NEW_RUN, f"{NEW_RUN}/config.json"), fresh=True),
     "image_decompression_bomb_in_sweep": Case(PRUNER, ("cannot read the image {bomb_png}/val/cat/2.png",
                                                        "decompression-bomb limit", "data.skip_bad_images: true"),
                                               edits={"data.name": "imagefolder", "data.root": "{bomb_png}",
@@ -507,7 +516,7 @@ CASES: dict[str, Case] = {
     "checkpoint_nan_weights_pruned": Case(PRUNER, ("checkpoint {nan_toolkit}: layer1.0.conv1.weight holds NaN",
                                                    "(3 NaN of 2304)"), edits={"model.checkpoint": "{nan_toolkit}"}),
     "checkpoint_nan_compressed": Case(PRUNER, ("checkpoint {nan_compressed}: layer1.0.conv1.weight holds NaN",),
-                                      edits={"model.checkpoint": "{nan_compressed}"}),
+                                      edits={"model.checkpoint": "{nan_compressed}"}, fresh=True),
     "checkpoint_inf_running_var": Case(PRUNER, ("checkpoint {inf_buffer}: bn1.running_var holds NaN or infinite",
                                                 "(2 infinite of 16)"), edits={"model.checkpoint": "{inf_buffer}"}),
     "resume_nan_weights": Case(TRAINER, ("checkpoint {nan_toolkit}: layer1.0.conv1.weight holds NaN",),
@@ -580,24 +589,6 @@ def experiment(case: Case, names: dict[str, str]) -> str:
     return json.dumps(expand(config, names), indent=2)
 
 
-def limit_file_size(limit: int) -> None:
-    """In the child: no file may grow past ``limit`` bytes, and a write beyond it fails with EFBIG (SIGXFSZ, which
-    would kill the process instead, is ignored): a disk that fills up."""
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-CLONE_NEWUSER = 0x10000000  # <sched.h>
-
-
-def leave_root() -> None:
-    """In the child: a user namespace of its own. Root there still owns root's files, but its power to write any file
-    whatever its mode stops at the namespace, so a read-only folder is read-only to it as to any user."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWUSER) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
-
-
 @functools.cache
 def can_leave_root() -> bool:
     try:
@@ -607,8 +598,8 @@ def can_leave_root() -> bool:
 
 
 def preexec_for(case: Case) -> Callable[[], None] | None:
-    """What the row's child runs before the script: a file size limit, or leaving root for a read-only folder. Such
-    rows run one at a time (``preexec_fn`` is not safe beside threads)."""
+    """What a fresh row's child runs before the script: a file size limit, or leaving root for a read-only folder.
+    Such rows run one at a time (``preexec_fn`` is not safe beside threads)."""
     if case.fsize:
         return functools.partial(limit_file_size, case.fsize)
     return leave_root if case.read_only and ROOT else None
@@ -637,30 +628,55 @@ def prepare(case: Case, folder: Path, data: Path) -> Outcome:
     return Outcome(names, snapshot(folder))
 
 
-def execute(case: Case, folder: Path, outcome: Outcome) -> Outcome:
-    """Run the row's script in ``folder`` and snapshot the folder again."""
-    names = outcome.names
-    locked = Path(names["unreadable"]) if "unreadable" in names and not ROOT else None
-    if locked is not None:
-        locked.chmod(0)
+@contextlib.contextmanager
+def locked(case: Case, names: dict[str, str]) -> Iterator[None]:
+    """While the row's script runs: the unreadable checkpoint unreadable, the row's read-only folder read-only."""
+    unreadable = Path(names["unreadable"]) if "unreadable" in names and not ROOT else None
     frozen = Path(expand(case.read_only, names)) if case.read_only else None
+    if unreadable is not None:
+        unreadable.chmod(0)
     if frozen is not None:
         frozen.chmod(0o555)
     try:
-        outcome.run = run_script(case.script, "--json", expand(case.json, names), *expand(case.args, names),
-                                 cwd=folder, preexec_fn=preexec_for(case))
+        yield
     finally:
-        if locked is not None:
-            locked.chmod(0o644)
+        if unreadable is not None:
+            unreadable.chmod(0o644)
         if frozen is not None:
             frozen.chmod(0o755)
+
+
+def argv(case: Case, names: dict[str, str]) -> tuple[str, ...]:
+    """The row's arguments after the script."""
+    return ("--json", expand(case.json, names), *expand(case.args, names))
+
+
+def execute(case: Case, folder: Path, outcome: Outcome) -> Outcome:
+    """Run the row's script fresh (``python SCRIPT ...``) in ``folder`` and snapshot the folder again."""
+    with locked(case, outcome.names):
+        outcome.run = run_script(case.script, *argv(case, outcome.names), cwd=folder, preexec_fn=preexec_for(case))
     outcome.after = snapshot(folder)
     return outcome
 
 
+def execute_forked(rows: dict[str, tuple[Case, Path, Outcome]], work: Path, parallel: int) -> None:
+    """Run the rows' scripts, each in a process forked from one that has imported torch (``forkrun.py``), and
+    snapshot each row's folder again."""
+    jobs = {name: Job(str(case.script), argv(case, outcome.names), str(folder), fsize=case.fsize,
+                      leave_root=bool(case.read_only and ROOT)) for name, (case, folder, outcome) in rows.items()}
+    with contextlib.ExitStack() as stack:
+        for case, _, outcome in rows.values():
+            stack.enter_context(locked(case, outcome.names))
+        finished = run_jobs(jobs, work, parallel=parallel, timeout=RUN_TIMEOUT_S)
+    for name, (_, folder, outcome) in rows.items():
+        outcome.run = script_run(*finished[name], cwd=folder)
+        outcome.after = snapshot(folder)
+
+
 @pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The outcome of every selected row (or the exception that stopped it), run side by side."""
+    """The outcome of every selected row (or the exception that stopped it): the ``fresh`` rows as new processes, side
+    by side, then those with a ``preexec_fn`` one at a time; at the same time the others, forked (``forkrun.py``)."""
     selected = [item.callspec.params["case"] for item in request.session.items
                 if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
     data = tmp_path_factory.mktemp("bad_inputs_data")
@@ -673,14 +689,19 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         except Exception as exc:  # noqa: BLE001 - reported by the row's own test
             results[case] = exc
     ready = [case for case in selected if isinstance(results[case], Outcome)]
+    forked = {case: (CASES[case], folders[case], results[case]) for case in ready if not CASES[case].fresh}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     with ThreadPoolExecutor(max_workers=cores) as pool:
-        futures = {case: pool.submit(execute, CASES[case], folders[case], results[case])
-                   for case in ready if preexec_for(CASES[case]) is None}
+        futures = {}
+        if forked:  # first: its server starts at once, while the fresh rows queue for the pool's other threads
+            futures["<forked>"] = pool.submit(execute_forked, forked, tmp_path_factory.mktemp("forkrun"), cores)
+        futures |= {case: pool.submit(execute, CASES[case], folders[case], results[case]) for case in ready
+                    if CASES[case].fresh and preexec_for(CASES[case]) is None}
     for case, future in futures.items():
-        results[case] = future.exception() or future.result()
-    for case in ready:  # preexec_fn rows, one at a time now that the pool's threads are gone
-        if preexec_for(CASES[case]) is not None:
+        if future.exception() is not None:  # a forked batch that failed as a whole fails each of its rows
+            results.update({row: future.exception() for row in (forked if case == "<forked>" else [case])})
+    for case in ready:  # fresh rows with a preexec_fn, one at a time now that the pool's threads are gone
+        if CASES[case].fresh and preexec_for(CASES[case]) is not None:
             try:
                 results[case] = execute(CASES[case], folders[case], results[case])
             except Exception as exc:  # noqa: BLE001 - reported by the row's own test

@@ -74,8 +74,13 @@ def run_script(script: Path, *args: str, cwd: Path, preexec_fn: Callable[[], Non
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     result = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=RUN_TIMEOUT_S, check=False, preexec_fn=preexec_fn)
-    found = re.search(r"^Run directory: (.+)$", result.stdout, re.MULTILINE)
-    return Run(result.returncode, result.stdout, result.stderr, cwd / found.group(1) if found else None)
+    return script_run(result.returncode, result.stdout, result.stderr, cwd=cwd)
+
+
+def script_run(returncode: int, stdout: str, stderr: str, *, cwd: Path) -> Run:
+    """The :class:`Run` of a script that ran in ``cwd`` (its run directory from the "Run directory:" line)."""
+    found = re.search(r"^Run directory: (.+)$", stdout, re.MULTILINE)
+    return Run(returncode, stdout, stderr, cwd / found.group(1) if found else None)
 
 
 def succeeded(run: Run) -> Run:
