@@ -75,7 +75,7 @@ def test_the_form_of_an_arch_is_read_from_its_text(text: str, kind: str, name: s
 def test_a_malformed_arch_is_refused_by_the_config_naming_the_key(text: str, why: str) -> None:
     assert why in (arch_problem(text) or "")
     message = _error(lambda: _cfg(text))
-    assert message.startswith("<config>: model.arch: expected a registered model name") and why in message
+    assert message.startswith("<config>: model.arch: expected a string: a registered model name") and why in message
 
 
 @pytest.mark.parametrize(("size", "why"), [

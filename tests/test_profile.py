@@ -269,3 +269,21 @@ def test_reduction_from_zero() -> None:
     assert reduction({"macs": 0}, {"macs": 0}) == {"macs": 0.0}
     with pytest.raises(ValueError, match="'macs'"):
         reduction({"macs": 0}, {"macs": 5})
+
+
+def test_attention_macs_are_counted_in_eval_mode() -> None:
+    """nn.MultiheadAttention's eval fast path is one fused op; its MACs are counted all the same: the q, k, v and
+    output projections (4 L E^2) and the two products of the L x L attention (2 L^2 E)."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = x[:, 0]  # (N, L, E)
+            return self.attn(tokens, tokens, tokens, need_weights=False)[0]
+
+    length, dim = 6, 16
+    assert count_macs(Tokens(), (1, length, dim)) == 4 * length * dim * dim + 2 * length * length * dim
+    assert torch.backends.mha.get_fastpath_enabled()  # left as it was

@@ -193,7 +193,7 @@ class ModelConfig:
                      "install timm`) or `<python.module>:<callable>` (your own network: a function or `nn.Module` "
                      "class importable from the working directory or PYTHONPATH, called with `num_classes=` when it "
                      "takes it; README, Your own model).",
-                     check=lambda v: arch_problem(v) is None, why=arch_problem, expect=ARCH_FORMS)
+                     check=lambda v: arch_problem(v) is None, why=arch_problem, expect=f"a string: {ARCH_FORMS}")
     checkpoint: str | None = _opt(None, "Weights to start from: a checkpoint of this tool (its architecture and "
                                   "masks come along) or a plain/wrapped state dict (`module.` prefixes and "
                                   "`{'state_dict': ...}` wrappers are handled). Keys are checked strictly.")

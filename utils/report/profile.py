@@ -60,6 +60,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    """Scaled dot-product attention on the CPU (torch counts its CUDA kernels, not this one): ``q k^T`` and the
+    product with ``v``, ``2 * 2 * B * h * L * S * d`` FLOPs."""
+    batch, heads, length, width = query
+    return 4 * batch * heads * length * key[-2] * width
+
+
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def count_macs(model: nn.Module, input_size: Sequence[int], *, device: torch.device | str | None = None) -> int:
     """Multiply-accumulates of one forward pass of a batch of 1 image of ``input_size`` = (C, H, W).
 
@@ -72,8 +82,15 @@ def count_macs(model: nn.Module, input_size: Sequence[int], *, device: torch.dev
 
     device, dtype = _placement(model, device)
     x = torch.zeros(1, *_check_input_size(input_size), device=device, dtype=dtype)
-    with _inference(model), FlopCounterMode(display=False) as counter:
-        model(x)
+    # nn.MultiheadAttention's eval fast path is one fused op the counter does not know (it would count 0 MACs for
+    # attention); the standard path computes the same in ops it counts.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with _inference(model), FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     flops = counter.get_total_flops()
     assert flops % 2 == 0, f"FlopCounterMode counted an odd number of FLOPs ({flops}); MACs would not be whole"
     return flops // 2
