@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ATTENTION", "AttentionHeads", "head_positions", "head_rows", "slice_heads"]
+__all__ = ["ATTENTION", "AttentionHeads", "head_rows", "head_slices", "slice_heads"]
 
 
 class AttentionHeads(nn.Module):
@@ -90,24 +90,44 @@ def _additive_mask(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tenso
 
 
 ATTENTION = (nn.MultiheadAttention, AttentionHeads)
-"""The attention modules whose heads are pruned."""
+"""The attention modules of the ``nn.MultiheadAttention`` kind whose heads are pruned (:mod:`pruning.window_attention`
+adds Swin's)."""
+
+MHA_SLICES = (("in_proj_weight", 0, "qkv"), ("in_proj_bias", 0, "qkv"), ("out_proj.weight", 1, "inner"))
 
 
-def _inner(module: nn.Module) -> int:
-    return module.num_heads * module.head_dim
+def param_at(module: nn.Module, path: str) -> torch.Tensor | None:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
 
 
-def head_positions(module: nn.Module, heads: Sequence[int]) -> tuple[list[int], list[int]]:
-    """``(rows of in_proj_weight and in_proj_bias, input columns of out_proj.weight)`` of ``heads``."""
-    inner, width = _inner(module), module.head_dim
-    columns = [h * width + i for h in heads for i in range(width)]
-    return sorted(block * inner + c for block in range(3) for c in columns), columns
+def head_slices(module: nn.Module, heads: Sequence[int], layout: Sequence[tuple[str, int, str]] = MHA_SLICES
+                ) -> list[tuple[str, int, list[int]]]:
+    """``(parameter path, dimension, positions)`` of ``heads`` in every parameter of an attention module that holds
+    them: ``qkv`` rows (query, key and value stacked), ``inner`` columns (the output projection's input), ``head``
+    entries (one per head: a relative position bias table's column, a logit scale)."""
+    heads_count = module.num_heads
+    found = []
+    for path, dim, kind in layout:
+        param = param_at(module, path)
+        if param is None:
+            continue
+        if kind == "head":
+            positions = sorted(heads)
+        else:
+            inner = param.shape[dim] // (3 if kind == "qkv" else 1)
+            width = inner // heads_count
+            columns = [h * width + i for h in heads for i in range(width)]
+            positions = sorted(block * inner + c for block in range(3 if kind == "qkv" else 1) for c in columns)
+        found.append((path, dim, positions))
+    return found
 
 
-def head_rows(module: nn.Module) -> torch.Tensor:
+def head_rows(module: nn.Module, qkv: str = "in_proj_weight") -> torch.Tensor:
     """``(heads, 3 * head_dim * embed_dim)``: each head's query, key and value rows, for scoring it like a filter."""
-    weight = module.in_proj_weight.detach()
-    return weight.view(3, module.num_heads, module.head_dim, -1).transpose(0, 1).reshape(module.num_heads, -1)
+    weight = param_at(module, qkv).detach()
+    return weight.view(3, module.num_heads, -1, weight.shape[1]).transpose(0, 1).reshape(module.num_heads, -1)
 
 
 @torch.no_grad()
@@ -118,7 +138,7 @@ def slice_heads(old: nn.Module, drop: set[int]) -> AttentionHeads:
         raise TypeError("attention with key/value widths other than the query's, bias_k/bias_v or add_zero_attn "
                         "is not pruned by heads")
     kept = [h for h in range(old.num_heads) if h not in drop]
-    rows, columns = head_positions(old, kept)
+    (_, _, rows), *_, (_, _, columns) = head_slices(old, kept)
     weight = old.in_proj_weight
     new = AttentionHeads(old.embed_dim, len(kept), old.head_dim, bias=old.in_proj_bias is not None,
                          dropout=old.dropout, batch_first=old.batch_first, device=weight.device, dtype=weight.dtype)

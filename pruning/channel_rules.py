@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pruning.attention import ATTENTION
+from pruning.heads import HEAD_MODULES
 from pruning.trace_state import TraceContext, node_shape, what, where
 from pruning.unit_ids import along_axis, compact, expand, varying
+from pruning.window_attention import WINDOW_ATTENTION
 from utils.core.tvguard import torchvision
 
 __all__ = ["Rule", "has_state", "rule_for"]
@@ -34,11 +35,11 @@ Rule = Callable[[TraceContext, fx.Node, nn.Module | None], Any]
 
 
 def _attention(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
-    """Self-attention (``nn.MultiheadAttention``, :class:`~pruning.attention.AttentionHeads`): every head is a unit
-    of its own; the embedding width it reads and writes is not pruned here (a transformer's residual stream goes
-    through LayerNorm anyway)."""
+    """Self-attention (``nn.MultiheadAttention``, Swin's window attention, :mod:`pruning.heads`): every head is a
+    unit of its own; the embedding width it reads and writes is not pruned here (a transformer's residual stream
+    goes through LayerNorm anyway)."""
     args = [*node.args, *(node.kwargs.get(k) for k in ("query", "key", "value") if k in node.kwargs)][:3]
-    same = len(args) == 3 and args[0] is args[1] is args[2]
+    same = len(args) == 3 and args[0] is args[1] is args[2] or len(args) == 1 and isinstance(module, WINDOW_ATTENTION)
     plain = not isinstance(module, nn.MultiheadAttention) or (module._qkv_same_embed_dim and module.bias_k is None
                                                               and not module.add_zero_attn)
     if not same or not plain:
@@ -327,7 +328,7 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Ha
 # Module types -> rule. isinstance order matters only for subclasses (torchvision's LayerNorm2d is a LayerNorm).
 _MODULE_RULES: tuple[tuple[type[nn.Module] | tuple[type[nn.Module], ...], Rule], ...] = (
     (nn.Conv2d, _conv),
-    (ATTENTION, _attention),
+    (HEAD_MODULES, _attention),
     ((nn.BatchNorm1d, nn.BatchNorm2d), _norm),
     ((nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm), _channel_norm),
     (nn.Linear, _linear),

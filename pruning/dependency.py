@@ -46,9 +46,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pruning.attention import AttentionHeads
 from pruning.channel_rules import has_state, rule_for
 from pruning.groups import ChannelGraph, ChannelGroup, UnitBuilder, freeze, written_and_read
+from pruning.heads import HEAD_MODULES
 from pruning.trace_state import TraceContext, arrays, node_shape
 from utils.core.errors import UserError
 
@@ -65,10 +65,10 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
 
 
 class _Tracer(fx.Tracer):
-    """``torch.fx``'s tracer, with the attention modules pruning creates kept whole, as torch's own are."""
+    """``torch.fx``'s tracer, with every attention module whose heads are pruned kept whole, as torch's own are."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, AttentionHeads) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, HEAD_MODULES) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:

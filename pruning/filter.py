@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.attention import head_positions
 from pruning.dependency import analyse
 from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
+from pruning.heads import QUERY_WEIGHTS, heads_of
 from pruning.importance import group_scores
 from pruning.naming import LayerNames, layer_names
 from pruning.surgery import pruned_shapes, remove_units
@@ -268,12 +268,8 @@ def filter_masks(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence
     """
     masks: dict[str, torch.Tensor] = {}
     for index in sorted(plan.groups):
-        group = plan.graph.groups[index]
-        for member in group.members:
-            positions = member.positions(removed.get(index, ()))
-            for name, param, dim in _member_params(model, member):
-                if member.role == "heads":
-                    positions = head_positions(model.get_submodule(member.module), removed.get(index, ()))[dim]
+        for member in plan.graph.groups[index].members:
+            for name, param, dim, positions in _member_slices(model, member, removed.get(index, ())):
                 mask = masks.get(name)
                 if mask is None:
                     mask = masks[name] = torch.ones(param.shape, dtype=torch.bool, device=param.device)
@@ -281,18 +277,19 @@ def filter_masks(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequence
     return masks
 
 
-def _member_params(model: nn.Module, member: Member) -> list[tuple[str, torch.Tensor, int]]:
-    """``(name, parameter, dimension carrying the member's positions)`` for every parameter of ``member``."""
+def _member_slices(model: nn.Module, member: Member, units: Sequence[int]
+                   ) -> list[tuple[str, torch.Tensor, int, list[int]]]:
+    """``(parameter name, parameter, dimension, positions of units)`` for every parameter of ``member``."""
     if member.role == "param":
-        return [(member.module, model.get_parameter(member.module), member.dim)]
+        return [(member.module, model.get_parameter(member.module), member.dim, member.positions(units))]
     module = model.get_submodule(member.module)
-    if member.role == "heads":  # masks are per parameter row: a head's rows of q, k, v and columns of out_proj
-        return [(f"{member.module}.{n}", p, d) for n, p, d in (("in_proj_weight", module.in_proj_weight, 0),
-                ("in_proj_bias", module.in_proj_bias, 0), ("out_proj.weight", module.out_proj.weight, 1))
-                if p is not None]
+    if member.role == "heads":  # a head's rows of q, k and v, its columns of the output projection, its bias entries
+        return [(f"{member.module}.{path}", module.get_parameter(path), dim, positions)
+                for path, dim, positions in heads_of(module, units)]
     dim = 1 if member.role in READERS else 0
     names = ("weight",) if member.role in READERS else ("weight", "bias")
-    return [(f"{member.module}.{n}", getattr(module, n), dim) for n in names if getattr(module, n, None) is not None]
+    return [(f"{member.module}.{n}", getattr(module, n), dim, member.positions(units))
+            for n in names if getattr(module, n, None) is not None]
 
 
 def masked_filters(plan: FilterPlan, masks: Mapping[str, torch.Tensor]) -> dict[int, list[int]]:
@@ -300,8 +297,8 @@ def masked_filters(plan: FilterPlan, masks: Mapping[str, torch.Tensor]) -> dict[
     found: dict[int, list[int]] = {}
     for index in sorted(plan.groups):
         member = next(m for m in plan.graph.groups[index].members if m.role in WRITERS)
-        weight = "in_proj_weight" if member.role == "heads" else "weight"
-        rows = masks[f"{member.module}.{weight}"].flatten(1).any(dim=1)
+        weights = QUERY_WEIGHTS if member.role == "heads" else ("weight",)
+        rows = next(masks[key] for w in weights if (key := f"{member.module}.{w}") in masks).flatten(1).any(dim=1)
         if member.role == "heads":  # the query rows of each head
             rows = rows[: len(rows) // 3].view(len(member.index), -1).any(dim=1)
         found[index] = [u for u, positions in enumerate(member.index) if not rows[list(positions)].any()]

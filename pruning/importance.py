@@ -25,8 +25,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pruning.attention import head_rows
 from pruning.groups import WRITERS, ChannelGroup
+from pruning.heads import rows_of_heads
 from utils.core.registry import Registry
 
 __all__ = ["FilterImportance", "get_importance", "group_scores", "l1_filter_norms", "list_importances",
@@ -98,7 +98,7 @@ def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1
         if member.role not in WRITERS:
             continue
         module = model.get_submodule(member.module)
-        weight = head_rows(module) if member.role == "heads" else module.weight
+        weight = rows_of_heads(module) if member.role == "heads" else module.weight
         per_filter = score_of(weight, ignore_in_channels=ignore.get(member.module)).cpu()
         total += per_filter[torch.tensor(member.index, dtype=torch.long)].sum(dim=1)
     return total

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.attention import ATTENTION, AttentionHeads, slice_heads
 from pruning.groups import ChannelGroup
+from pruning.heads import HEAD_MODULES, PRUNED_ATTENTION, head_dim, slice_attention
 from utils.core.errors import UserError
 
 __all__ = ["apply_shapes", "pruned_shapes", "remove_channels", "remove_units"]
@@ -130,12 +130,15 @@ def _slice_param(model: nn.Module, name: str, dim: int, drop: set[int]) -> None:
     setattr(parent, attr, nn.Parameter(kept, requires_grad=old.requires_grad))
 
 
-def _slice_attention(old: nn.Module, drop: Mapping[str, set[int]]) -> nn.Module:
-    return slice_heads(old, drop["heads"])
+_SLICERS = {nn.Conv2d: _slice_conv, nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.Linear: _slice_linear}
 
 
-_SLICERS = {nn.Conv2d: _slice_conv, nn.BatchNorm1d: _slice_norm, nn.BatchNorm2d: _slice_norm, nn.Linear: _slice_linear,
-            nn.MultiheadAttention: _slice_attention, AttentionHeads: _slice_attention}
+def _slicer(module: nn.Module, name: str) -> Any:
+    """What makes a smaller copy of ``module``: by its exact class, or :mod:`pruning.heads` for attention."""
+    if isinstance(module, HEAD_MODULES):
+        return lambda old, drop: slice_attention(old, drop["heads"])
+    _exact(module, tuple(_SLICERS), name)
+    return _SLICERS[type(module)]
 
 
 _SIZE_OF_ROLE = {"conv_out": "out_channels", "grouped": "out_channels", "conv_in": "in_channels", "heads": "num_heads",
@@ -149,7 +152,7 @@ def _check_sizes(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
             if member.role == "param":
                 continue
             module = model.get_submodule(member.module)
-            _exact(module, tuple(_SLICERS), member.module)
+            _slicer(module, member.module)
             size = _SIZE_OF_ROLE[member.role]
             highest = max((p for unit in member.index for p in unit), default=-1)
             if highest >= getattr(module, size):
@@ -179,7 +182,7 @@ def remove_units(model: nn.Module, groups: Sequence[ChannelGroup], removed: Sequ
                 drops.setdefault(member.module, {}).setdefault(member.role, set()).update(gone)
     for name, drop in drops.items():
         module = model.get_submodule(name)
-        _replace(model, name, _SLICERS[type(module)](module, drop))
+        _replace(model, name, _slicer(module, name)(module, drop))
     for (name, dim), gone in params.items():
         _slice_param(model, name, dim, gone)
 
@@ -217,9 +220,9 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
         keys = _SHAPE_KEYS.get(type(module).__name__)
         if keys is not None and type(module) in (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear):
             shapes[name] = {"type": type(module).__name__, **{key: int(getattr(module, key)) for key in keys}}
-        elif isinstance(module, AttentionHeads):
-            shapes[name] = {"type": "AttentionHeads", **{key: int(getattr(module, key)) for key in _HEAD_KEYS}}
-        elif not isinstance(module, tuple(_SLICERS)):  # parameters used directly (a layer scale) may be sliced too
+        elif isinstance(module, PRUNED_ATTENTION):
+            shapes[name] = {"type": "AttentionHeads", "num_heads": module.num_heads, "head_dim": head_dim(module)}
+        elif not isinstance(module, (*_SLICERS, *HEAD_MODULES)):  # a parameter used directly (a layer scale)
             for param_name, param in module.named_parameters(prefix=name, recurse=False):
                 shapes[param_name] = {"type": "Parameter", "shape": list(param.shape)}
     return shapes
@@ -230,25 +233,20 @@ def _bad(name: str, problem: str) -> UserError:
                      "or model option (rebuild with the arch it was saved from)")
 
 
-_HEAD_KEYS = ("embed_dim", "num_heads", "head_dim")
-
-
 def _apply_head_shape(model: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
     try:
         old = model.get_submodule(name)
     except AttributeError:
         raise _bad(name, "the model has no such module") from None
-    if not isinstance(old, ATTENTION):
+    if not isinstance(old, HEAD_MODULES):
         raise _bad(name, f"the checkpoint has attention heads but the model a {type(old).__name__}")
-    sizes = {key: spec.get(key) for key in _HEAD_KEYS}
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sizes.values()):
-        raise _bad(name, f"{', '.join(_HEAD_KEYS)} must be positive integers, got {dict(sizes)!r}")
-    if sizes["embed_dim"] != old.embed_dim or sizes["head_dim"] != old.head_dim:
-        raise _bad(name, f"the model's attention has embed_dim {old.embed_dim} and head_dim {old.head_dim}")
-    new = AttentionHeads(old.embed_dim, sizes["num_heads"], old.head_dim, bias=old.in_proj_bias is not None,
-                         dropout=old.dropout, batch_first=old.batch_first, device=old.in_proj_weight.device,
-                         dtype=old.in_proj_weight.dtype)
-    _replace(model, name, _finish(new, old))
+    heads, width = spec.get("num_heads"), spec.get("head_dim")
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (heads, width)):
+        raise _bad(name, f"num_heads and head_dim must be positive integers, got {heads!r} and {width!r}")
+    if width != head_dim(old) or heads > old.num_heads:
+        raise _bad(name, f"the model's attention has {old.num_heads} heads of {head_dim(old)}")
+    if heads < old.num_heads:  # the first heads, sized right; the checkpoint's weights are loaded next
+        _replace(model, name, slice_attention(old, set(range(heads, old.num_heads))))
 
 
 def _apply_param_shape(model: nn.Module, name: str, shape: Any) -> None:

@@ -18,6 +18,8 @@ from torch import nn
 from pruning import analyse, apply_masks, apply_shapes, layer_names, pruned_shapes
 from pruning.attention import slice_heads
 from pruning.filter import filter_masks, plan_every_group, prune_filters, remove_filters, select_filters
+from pruning.heads import heads_of
+from pruning.window_attention import slice_window_heads
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
 
@@ -285,3 +287,19 @@ def test_attention_heads_compute_what_multihead_attention_computes(batch_first: 
         assert (got[1] is None) == (expected[1] is None)
         if got[1] is not None:
             torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["ShiftedWindowAttention", "ShiftedWindowAttentionV2"])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swin_window_attention_with_fewer_heads_equals_the_masked_original(version: str, shift: int) -> None:
+    torch.manual_seed(0)
+    cls = getattr(torchvision.models.swin_transformer, version)
+    original = cls(16, window_size=[4, 4], shift_size=[shift, shift], num_heads=4).eval()
+    x = torch.randn(2, 6, 10, 16)  # padded to windows of 4, shifted when shift > 0
+    with torch.no_grad():
+        torch.testing.assert_close(slice_window_heads(original, set()).eval()(x), original(x), rtol=0, atol=0)
+        fewer = slice_window_heads(original, {1, 3}).eval()
+        assert fewer.num_heads == 2 and fewer.qkv.weight.shape == (24, 16) and fewer.proj.weight.shape == (16, 8)
+        for path, dim, positions in heads_of(original, [1, 3]):  # the masked original: those heads' slices zeroed
+            original.get_parameter(path).index_fill_(dim, torch.tensor(positions), 0.0)
+        torch.testing.assert_close(fewer(x), original(x), rtol=1e-5, atol=1e-6)
