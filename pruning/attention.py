@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ATTENTION", "AttentionHeads", "head_rows", "head_slices", "slice_heads"]
+__all__ = ["ATTENTION", "MHA_SLICES", "AttentionHeads", "count_heads", "head_rows", "head_slices", "param_at",
+           "slice_heads"]
 
 
 class AttentionHeads(nn.Module):
@@ -102,12 +103,17 @@ def param_at(module: nn.Module, path: str) -> torch.Tensor | None:
     return module
 
 
+def count_heads(module: nn.Module) -> int:
+    """How many heads an attention module has (MaxViT's call the attribute ``n_heads``)."""
+    return module.num_heads if hasattr(module, "num_heads") else module.n_heads
+
+
 def head_slices(module: nn.Module, heads: Sequence[int], layout: Sequence[tuple[str, int, str]] = MHA_SLICES
                 ) -> list[tuple[str, int, list[int]]]:
     """``(parameter path, dimension, positions)`` of ``heads`` in every parameter of an attention module that holds
     them: ``qkv`` rows (query, key and value stacked), ``inner`` columns (the output projection's input), ``head``
     entries (one per head: a relative position bias table's column, a logit scale)."""
-    heads_count = module.num_heads
+    heads_count = count_heads(module)
     found = []
     for path, dim, kind in layout:
         param = param_at(module, path)
@@ -126,8 +132,8 @@ def head_slices(module: nn.Module, heads: Sequence[int], layout: Sequence[tuple[
 
 def head_rows(module: nn.Module, qkv: str = "in_proj_weight") -> torch.Tensor:
     """``(heads, 3 * head_dim * embed_dim)``: each head's query, key and value rows, for scoring it like a filter."""
-    weight = param_at(module, qkv).detach()
-    return weight.view(3, module.num_heads, -1, weight.shape[1]).transpose(0, 1).reshape(module.num_heads, -1)
+    weight, heads = param_at(module, qkv).detach(), count_heads(module)
+    return weight.view(3, heads, -1, weight.shape[1]).transpose(0, 1).reshape(heads, -1)
 
 
 @torch.no_grad()

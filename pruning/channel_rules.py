@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pruning.heads import HEAD_MODULES
+from pruning.heads import ATTENTION, HEAD_MODULES, count_heads
 from pruning.trace_state import TraceContext, node_shape, what, where
 from pruning.unit_ids import along_axis, compact, expand, varying
-from pruning.window_attention import WINDOW_ATTENTION
 from utils.core.tvguard import torchvision
 
 __all__ = ["Rule", "has_state", "rule_for"]
@@ -39,7 +38,7 @@ def _attention(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> An
     unit of its own; the embedding width it reads and writes is not pruned here (a transformer's residual stream
     goes through LayerNorm anyway)."""
     args = [*node.args, *(node.kwargs.get(k) for k in ("query", "key", "value") if k in node.kwargs)][:3]
-    same = len(args) == 3 and args[0] is args[1] is args[2] or len(args) == 1 and isinstance(module, WINDOW_ATTENTION)
+    same = len(args) == 3 and args[0] is args[1] is args[2] or len(args) == 1 and not isinstance(module, ATTENTION)
     plain = not isinstance(module, nn.MultiheadAttention) or (module._qkv_same_embed_dim and module.bias_k is None
                                                               and not module.add_zero_attn)
     if not same or not plain:
@@ -47,7 +46,7 @@ def _attention(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> An
     x = ctx.ids(args[0])
     reason = f"{what(node, module)} reads and writes this width (its heads are pruned, not its embedding)"
     ctx.b.block(x, reason)
-    ctx.record(str(node.target), "heads", ctx.b.new(module.num_heads))
+    ctx.record(str(node.target), "heads", ctx.b.new(count_heads(module)))
     return ctx.b.new(x.size, blocked=reason).reshape(x.shape), None
 
 
@@ -149,7 +148,7 @@ def _permute(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:
     if x is None or shape is None:
         return ctx.unknown(node, module)
     ndim = x.ndim
-    if str(node.target) == "transpose" or node.target is torch.transpose:
+    if str(node.target) in ("transpose", "swapaxes", "swapdims") or node.target in (torch.transpose, torch.swapaxes):
         a, b = (node.args[1:3] if len(node.args) >= 3 else (node.kwargs.get("dim0"), node.kwargs.get("dim1")))
         order = list(range(ndim))
         order[a % ndim], order[b % ndim] = order[b % ndim], order[a % ndim]
@@ -342,7 +341,7 @@ _FUNCTION_RULES: dict[Any, Rule] = {
                      F.dropout2d, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
                      torchvision.ops.stochastic_depth), _passthrough),
     **dict.fromkeys((torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze), _reshape),
-    **dict.fromkeys((torch.permute, torch.transpose), _permute),
+    **dict.fromkeys((torch.permute, torch.transpose, torch.swapaxes), _permute),
     **dict.fromkeys((operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
                      torch.add, torch.sub, torch.mul, torch.div), _binary),
     **dict.fromkeys((torch.mean, torch.sum, torch.amax), _reduce),
@@ -360,7 +359,7 @@ _METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "expand", "expand_as"),
                     _passthrough),
     **dict.fromkeys(("flatten", "view", "reshape", "squeeze", "unsqueeze"), _reshape),
-    **dict.fromkeys(("permute", "transpose"), _permute),
+    **dict.fromkeys(("permute", "transpose", "swapaxes", "swapdims"), _permute),
     **dict.fromkeys(("add", "add_", "__add__", "__iadd__", "sub", "sub_", "mul", "mul_", "div", "div_"), _binary),
     **dict.fromkeys(("mean", "sum", "amax"), _reduce),
     **dict.fromkeys(("chunk", "split"), _chunk),

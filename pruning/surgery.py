@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pruning.groups import ChannelGroup
-from pruning.heads import HEAD_MODULES, PRUNED_ATTENTION, head_dim, slice_attention
+from pruning.heads import HEAD_MODULES, PRUNED_ATTENTION, count_heads, head_dim, slice_attention
 from utils.core.errors import UserError
 
 __all__ = ["apply_shapes", "pruned_shapes", "remove_channels", "remove_units"]
@@ -155,8 +155,9 @@ def _check_sizes(model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
             _slicer(module, member.module)
             size = _SIZE_OF_ROLE[member.role]
             highest = max((p for unit in member.index for p in unit), default=-1)
-            if highest >= getattr(module, size):
-                raise ValueError(f"{member.module} has {getattr(module, size)} {size.replace('_', ' ')} but the group "
+            have = count_heads(module) if member.role == "heads" else getattr(module, size)
+            if highest >= have:
+                raise ValueError(f"{member.module} has {have} {size.replace('_', ' ')} but the group "
                                  "addresses more: the group was built for another state of the model")
 
 
@@ -221,7 +222,7 @@ def pruned_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
         if keys is not None and type(module) in (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Linear):
             shapes[name] = {"type": type(module).__name__, **{key: int(getattr(module, key)) for key in keys}}
         elif isinstance(module, PRUNED_ATTENTION):
-            shapes[name] = {"type": "AttentionHeads", "num_heads": module.num_heads, "head_dim": head_dim(module)}
+            shapes[name] = {"type": "AttentionHeads", "num_heads": count_heads(module), "head_dim": head_dim(module)}
         elif not isinstance(module, (*_SLICERS, *HEAD_MODULES)):  # a parameter used directly (a layer scale)
             for param_name, param in module.named_parameters(prefix=name, recurse=False):
                 shapes[param_name] = {"type": "Parameter", "shape": list(param.shape)}
@@ -243,10 +244,10 @@ def _apply_head_shape(model: nn.Module, name: str, spec: Mapping[str, Any]) -> N
     heads, width = spec.get("num_heads"), spec.get("head_dim")
     if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (heads, width)):
         raise _bad(name, f"num_heads and head_dim must be positive integers, got {heads!r} and {width!r}")
-    if width != head_dim(old) or heads > old.num_heads:
-        raise _bad(name, f"the model's attention has {old.num_heads} heads of {head_dim(old)}")
-    if heads < old.num_heads:  # the first heads, sized right; the checkpoint's weights are loaded next
-        _replace(model, name, slice_attention(old, set(range(heads, old.num_heads))))
+    if width != head_dim(old) or heads > count_heads(old):
+        raise _bad(name, f"the model's attention has {count_heads(old)} heads of {head_dim(old)}")
+    if heads < count_heads(old):  # the first heads, sized right; the checkpoint's weights are loaded next
+        _replace(model, name, slice_attention(old, set(range(heads, count_heads(old)))))
 
 
 def _apply_param_shape(model: nn.Module, name: str, shape: Any) -> None:

@@ -1,4 +1,4 @@
-"""Swin's shifted-window attention with fewer heads.
+"""Swin's shifted-window attention and MaxViT's block/grid attention with fewer heads.
 
 torchvision's ``ShiftedWindowAttention`` (and ``...V2``) compute the head width as ``C // num_heads`` from the
 width ``C`` of their input, so they cannot hold fewer heads than ``C / head_dim``. :class:`WindowAttentionHeads`
@@ -6,7 +6,8 @@ is the same computation (torchvision's ``shifted_window_attention``, BSD-3-Claus
 from ``C``) with the same parameter and buffer names, so a pruned model's state dict has the keys of the unpruned
 one. A head is ``head_dim`` rows of each of the query, key and value parts of ``qkv``, the same input columns of
 ``proj``, and its entry of the relative position bias (Swin: a column of ``relative_position_bias_table``; Swin V2:
-a row of ``logit_scale`` and an output of ``cpb_mlp``).
+a row of ``logit_scale`` and an output of ``cpb_mlp``). MaxViT's ``RelativePositionalMultiHeadAttention`` ties its
+inner width to its input width the same way; :class:`GridAttentionHeads` holds fewer of its heads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import nn
 from pruning.attention import head_slices
 from utils.core.tvguard import torchvision
 
-__all__ = ["WINDOW_ATTENTION", "WINDOW_SLICES", "WindowAttentionHeads", "slice_window_heads"]
+__all__ = ["GRID_ATTENTION", "GRID_SLICES", "WINDOW_ATTENTION", "WINDOW_SLICES", "GridAttentionHeads",
+           "WindowAttentionHeads", "slice_grid_heads", "slice_window_heads"]
 
 _swin = torchvision.models.swin_transformer
 
@@ -136,3 +138,56 @@ def slice_window_heads(old: nn.Module, drop: set[int]) -> WindowAttentionHeads:
         param.requires_grad_(old.get_parameter(name).requires_grad)
     return new
 
+
+
+GRID_SLICES = (("to_qkv.weight", 0, "qkv"), ("to_qkv.bias", 0, "qkv"), ("merge.weight", 1, "inner"),
+               ("relative_position_bias_table", 1, "head"))
+"""Where a head of MaxViT's attention sits in each parameter."""
+
+
+class GridAttentionHeads(nn.Module):
+    """MaxViT's ``RelativePositionalMultiHeadAttention`` of ``template``'s configuration with ``n_heads`` heads."""
+
+    def __init__(self, template: nn.Module, n_heads: int) -> None:
+        super().__init__()
+        dim, weight, inner = template.to_qkv.in_features, template.to_qkv.weight, n_heads * template.head_dim
+        like = {"device": weight.device, "dtype": weight.dtype}
+        self.n_heads, self.head_dim = n_heads, template.head_dim
+        self.max_seq_len, self.scale_factor = template.max_seq_len, template.scale_factor
+        self.to_qkv = nn.Linear(dim, 3 * inner, **like)
+        self.merge = nn.Linear(inner, dim, **like)
+        rows = template.relative_position_bias_table.shape[0]
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, n_heads, **like))
+        self.register_buffer("relative_position_index", template.relative_position_index.clone())
+
+    @property
+    def num_heads(self) -> int:
+        return self.n_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, groups, tokens, _ = x.shape
+        q, k, v = (t.reshape(batch, groups, tokens, self.n_heads, self.head_dim).permute(0, 1, 3, 2, 4)
+                   for t in torch.chunk(self.to_qkv(x), 3, dim=-1))
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(self.max_seq_len, self.max_seq_len, -1).permute(2, 0, 1).unsqueeze(0)
+        attn = F.softmax(q @ (k * self.scale_factor).transpose(-2, -1) + bias, dim=-1)
+        out = (attn @ v).permute(0, 1, 3, 2, 4).reshape(batch, groups, tokens, self.n_heads * self.head_dim)
+        return self.merge(out)
+
+
+GRID_ATTENTION = (torchvision.models.maxvit.RelativePositionalMultiHeadAttention, GridAttentionHeads)
+
+
+@torch.no_grad()
+def slice_grid_heads(old: nn.Module, drop: set[int]) -> GridAttentionHeads:
+    """A :class:`GridAttentionHeads` holding the heads of ``old`` not in ``drop``."""
+    kept = [h for h in range(old.n_heads) if h not in drop]
+    new = GridAttentionHeads(old, len(kept))
+    for path, dim, positions in head_slices(old, kept, GRID_SLICES):
+        source = old.get_parameter(path)
+        new.get_parameter(path).copy_(source.index_select(dim, torch.tensor(positions, device=source.device)))
+    new.merge.bias.copy_(old.merge.bias)
+    new.train(old.training)
+    for name, param in new.named_parameters():
+        param.requires_grad_(old.get_parameter(name).requires_grad)
+    return new

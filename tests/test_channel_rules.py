@@ -19,7 +19,7 @@ from pruning import analyse, apply_masks, apply_shapes, layer_names, pruned_shap
 from pruning.attention import slice_heads
 from pruning.filter import filter_masks, plan_every_group, prune_filters, remove_filters, select_filters
 from pruning.heads import heads_of
-from pruning.window_attention import slice_window_heads
+from pruning.window_attention import slice_grid_heads, slice_window_heads
 from utils.core.errors import UserError
 from utils.core.tvguard import torchvision
 
@@ -301,5 +301,18 @@ def test_swin_window_attention_with_fewer_heads_equals_the_masked_original(versi
         fewer = slice_window_heads(original, {1, 3}).eval()
         assert fewer.num_heads == 2 and fewer.qkv.weight.shape == (24, 16) and fewer.proj.weight.shape == (16, 8)
         for path, dim, positions in heads_of(original, [1, 3]):  # the masked original: those heads' slices zeroed
+            original.get_parameter(path).index_fill_(dim, torch.tensor(positions), 0.0)
+        torch.testing.assert_close(fewer(x), original(x), rtol=1e-5, atol=1e-6)
+
+
+def test_maxvit_attention_with_fewer_heads_equals_the_masked_original() -> None:
+    torch.manual_seed(0)
+    original = torchvision.models.maxvit.RelativePositionalMultiHeadAttention(32, 8, 16).eval()  # 4 heads of 8
+    x = torch.randn(2, 3, 16, 32)  # (batch, windows, tokens, features)
+    with torch.no_grad():
+        torch.testing.assert_close(slice_grid_heads(original, set()).eval()(x), original(x), rtol=1e-6, atol=1e-6)
+        fewer = slice_grid_heads(original, {0, 2}).eval()
+        assert fewer.num_heads == 2 and fewer.to_qkv.weight.shape == (48, 32) and fewer.merge.weight.shape == (32, 16)
+        for path, dim, positions in heads_of(original, [0, 2]):
             original.get_parameter(path).index_fill_(dim, torch.tensor(positions), 0.0)
         torch.testing.assert_close(fewer(x), original(x), rtol=1e-5, atol=1e-6)
