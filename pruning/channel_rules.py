@@ -345,6 +345,7 @@ _FUNCTION_RULES: dict[Any, Rule] = {
     **dict.fromkeys((operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, operator.truediv,
                      torch.add, torch.sub, torch.mul, torch.div), _binary),
     **dict.fromkeys((torch.mean, torch.sum, torch.amax), _reduce),
+    **dict.fromkeys((F.layer_norm, F.group_norm), _channel_norm),
     torch.cat: _cat,
     torch.concat: _cat,
     torch.chunk: _chunk,
