@@ -91,7 +91,7 @@ def _check_takes(model: nn.Module, example: torch.Tensor, arch: str, why: str) -
     try:
         with torch.no_grad():
             model(example)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:  # AssertionError: torch._assert's size checks (ViT)
         raise UserError(f"--list-layers: model.arch {arch!r} cannot take one input of {list(example.shape[1:])} "
                         f"({why}; {first_line(exc)}); set model.input_size to the [C, H, W] it takes") from None
     finally:

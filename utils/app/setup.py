@@ -185,8 +185,8 @@ def _forward(model: nn.Module, size: tuple[int, ...]) -> tuple[Any, Exception | 
             return model(image), None
     except torch.OutOfMemoryError:
         raise
-    except (RuntimeError, ValueError) as exc:  # shape mismatches, "Output size is too small"
-        return None, exc
+    except (RuntimeError, ValueError, AssertionError) as exc:  # shape mismatches, "Output size is too small", and
+        return None, exc  # the size checks of torch._assert (torchvision's VisionTransformer: "Wrong image height!")
     finally:
         model.train(training)
 

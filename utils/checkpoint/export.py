@@ -96,6 +96,10 @@ def _export_bytes(model: nn.Module, example: torch.Tensor, opset: int, dynamo: b
             warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)  # torch.export
+            # torch._assert's input checks (torchvision's VisionTransformer asserts the image size) are traced as
+            # constants; the input's H and W are fixed in the file anyway, and the check at CHECK_BATCHES catches a
+            # batch size frozen into the graph. module="torch$": the warnings torch/__init__.py (torch._assert) issues.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch$")
             if dynamo:
                 batch = torch.export.Dim("batch", min=1)
                 torch.onnx.export(model, (example,), out, dynamo=True, external_data=False, opset_version=opset,
