@@ -151,14 +151,23 @@ def _plan(graph: ChannelGraph, names: LayerNames, layers: Sequence[str], kind: s
                 raise UserError(f"prune.{kind}: the coupled layers {', '.join(members)} must remove the same amount, "
                                 f"got {sorted(amounts)}")
             asked = members
-        value = requested[first][1]
-        n = group.channels
-        count = int(value) if kind == "channels" else filters_to_remove(n, float(value))
-        if count > n - 1:
-            what = f"{count}" if kind == "channels" else f"{count} (ratio {value:g} of {n})"
-            raise UserError(f"{first} has {n} filters; prune.{kind} asks to remove {what}, at most {n - 1} can go")
-        plan[index] = (asked, count)
+        plan[index] = (asked, _count(group, names, first, kind, requested[first][1]))
     return plan
+
+
+def _count(group: ChannelGroup, names: LayerNames, layer: str, kind: str, value: float) -> int:
+    """How many channels (units) of ``group`` the amount asked for ``layer`` removes. Counts are the layer's filters;
+    where a unit is several of them (a channel shuffle, a grouped conv), a count must be a whole number of units."""
+    n, per = group.channels, group.filters_per_unit(names.module(layer))
+    if kind == "channels" and int(value) % per:
+        raise UserError(f"prune.channels: {layer}'s filters can only be removed {per} at a time (a channel shuffle or "
+                        f"a grouped conv ties them); give a multiple of {per}, got {value}")
+    count = int(value) // per if kind == "channels" else filters_to_remove(n, float(value))
+    if count > n - 1:
+        what = f"{count * per}" if kind == "channels" else f"{count * per} (ratio {value:g} of {n * per})"
+        raise UserError(f"{layer} has {n * per} filters; prune.{kind} asks to remove {what}, at most {(n - 1) * per} "
+                        "can go" + (f" ({per} at a time)" if per > 1 else ""))
+    return count
 
 
 @dataclass(frozen=True)
@@ -312,10 +321,13 @@ def remove_filters(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequen
     modules: dict[str, str] = {}
     for index in sorted(plan.groups):
         group, gone = plan.graph.groups[index], sorted(removed.get(index, ()))
-        for layer in plan.groups[index][0]:
-            removed_by_layer[layer] = list(gone)
-            widths[layer] = (group.channels, group.channels - len(gone))
-            modules[layer] = plan.names.module(layer)
+        for layer in plan.groups[index][0]:  # in the layer's own filters (a unit may be several of them)
+            module = modules[layer] = plan.names.module(layer)
+            member = group.member(module, *WRITERS)
+            filters = sum(len(unit) for unit in member.index)
+            removed_by_layer[layer] = sorted(removed_by_layer.get(layer, []) + member.positions(gone))
+            before, after = widths.get(layer, (0, 0))
+            widths[layer] = (before + filters, after + filters - len(member.positions(gone)))
     indices = sorted(plan.groups)
     remove_units(model, [plan.graph.groups[i] for i in indices], [sorted(removed.get(i, ())) for i in indices])
     return FilterPruneResult(removed=removed_by_layer, widths=widths, modules=modules, shapes=pruned_shapes(model),

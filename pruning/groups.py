@@ -109,6 +109,12 @@ class ChannelGroup:
         """Whether it may be pruned without the layers of a residual sum (False when it feeds one)."""
         return self.prunable and not self.summed
 
+    def filters_per_unit(self, producer: str) -> int:
+        """How many of ``producer``'s filters (output channels, or heads) one channel of the group is: 1, except
+        where a grouped conv or a channel shuffle ties several into one unit."""
+        member = self.member(producer, *WRITERS)
+        return len(member.index[0]) if member is not None and member.index else 1
+
     def member(self, module: str, *roles: str) -> Member | None:
         """The member of ``module`` in one of ``roles`` (any role when none given), if the group has one."""
         return next((m for m in self.members if m.module == module and (not roles or m.role in roles)), None)
@@ -216,6 +222,10 @@ class Record:
     dim: int = 0
 
 
+_ONE_UNIT = ("its channels form a single unit (a channel shuffle, a grouped conv or a size written into the graph "
+             "ties them, or there is one): they can only be removed all together")
+
+
 def freeze(builder: UnitBuilder, records: Sequence[Record]) -> tuple[list[ChannelGroup], list[np.ndarray]]:
     """The groups, ordered by their first producer (else their first member), and for every record the group index
     of each of its positions."""
@@ -260,6 +270,8 @@ def freeze(builder: UnitBuilder, records: Sequence[Record]) -> tuple[list[Channe
             rec = records[k]
             members.append(Member(rec.module, rec.role, tuple(tuple(i) for i in index), rec.dim))
         reasons = [r for root in units for r in blocked.get(root, ())]
+        if len(units) == 1 and not reasons:  # nothing can go without emptying the layers
+            reasons = [_ONE_UNIT]
         frozen.append(ChannelGroup(channels=len(units), members=tuple(members), summed=is_summed,
                                    blocked="; ".join(dict.fromkeys(reasons)) or None))
     group_index = [np.asarray([unit_of[int(r)][0] if int(r) in unit_of else -1 for r in rec_roots.tolist()],

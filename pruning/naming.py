@@ -106,9 +106,9 @@ def _is_projection_shortcut(graph: ChannelGraph, conv: str) -> bool:
 
 
 def _producers(graph: ChannelGraph) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Every conv and linear layer that writes channels, by module name, in execution order; and those of them
-    whose groups may all be pruned."""
-    producers = tuple(c for c in (*graph.convs, *graph.linears) if not graph.is_depthwise(c) and graph.writes.get(c))
+    """Every conv, linear layer and attention module that writes channels (or heads), by module name, in execution
+    order; and those of them whose groups may all be pruned."""
+    producers = tuple(m for m, written in graph.writes.items() if written and not graph.is_depthwise(m))
     return producers, tuple(p for p in producers if all(graph.groups[i].prunable for i in graph.writes[p]))
 
 

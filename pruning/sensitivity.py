@@ -132,5 +132,6 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return [{"ratio": r, "filters": group.channels, "kept": k, **m.result()}
+    per = group.filters_per_unit(names.module(names.resolve(layer)[0]))  # filters of the layer, not units
+    return [{"ratio": r, "filters": group.channels * per, "kept": k * per, **m.result()}
             for r, k, m in zip(ratios, kept, meters, strict=True)]

@@ -30,6 +30,7 @@ from test_runner import PRUNER, TRAINER, Run, cifar, run_script, succeeded, writ
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pruning.heads import HEAD_MODULES, PRUNED_ATTENTION, count_heads
 from utils.app.layer_list import list_layers
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
 from utils.config.validate import from_dict
@@ -230,32 +231,31 @@ def test_filter_agp_model_reloads_and_computes_what_the_run_reported(runs: dict[
     assert again["loss"] == pytest.approx(removed["loss"], rel=1e-5)
     original = _reload(runs, f"runs/train_{key}/best.pth").model
     for layer in results["widths"]:  # outside the registry a layer's name is its module's
-        assert final.get_submodule(layer).weight.shape[0] < original.get_submodule(layer).weight.shape[0], layer
+        assert _width(final.get_submodule(layer)) < _width(original.get_submodule(layer)), layer
     _assert_onnx_computes(runs, run.path / "final.onnx", final)
     if HAS_ONNX and HAS_ORT:
         assert results["export"]["onnx"]["checked"]
 
 
+def _width(module: nn.Module) -> int:
+    """A layer's filters: output channels or features, or an attention module's heads."""
+    return count_heads(module) if isinstance(module, (*HEAD_MODULES, *PRUNED_ATTENTION)) else module.weight.shape[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [
     "mobilenet", "vit",
-    pytest.param("shufflenet", marks=pytest.mark.xfail(strict=True, reason=(
-        "pruning/filter.py FilterPruneResult.widths counts channel units, not filters: ShuffleNet's units are 8 "
-        "channels, so results.json says stage2.0.branch1.2 went 3 -> 1 where its conv went 24 -> 8"))),
+    "shufflenet",  # its units are several filters (channel shuffle): widths still count filters
 ])
 def test_reported_widths_are_the_filters_of_the_pruned_convs(runs: dict[str, Any], key: str) -> None:
     results = _results(runs[f"filter_{key}"])
     final = _reload(runs, results["final_checkpoint"]).model
     original = _reload(runs, f"runs/train_{key}/best.pth").model
     for layer, (before, after) in results["widths"].items():
-        assert (original.get_submodule(layer).weight.shape[0], final.get_submodule(layer).weight.shape[0]) == \
-            (before, after), layer
+        assert (_width(original.get_submodule(layer)), _width(final.get_submodule(layer))) == (before, after), layer
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "pruning/naming.py: nn.MultiheadAttention is no named layer, so neither encoder.* nor prune.layers: [] (every "
-    "prunable layer) nor its module name reaches the attention heads that pruning/dependency.py makes prunable units"))
 def test_the_encoder_glob_prunes_attention_heads(runs: dict[str, Any]) -> None:
     final = _reload(runs, _results(runs["filter_vit"])["final_checkpoint"]).model
     assert [layer.self_attention.num_heads for layer in final.encoder.layers] == [2, 2]

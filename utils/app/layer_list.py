@@ -81,7 +81,7 @@ def layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str,
             selector = next((s for s, members in names.selectors.items() if set(members) == set(coupled)), None)
             others = [n for n in coupled if n != name]
             status = f"prunable only with {', '.join(others)}" + (f" (write {selector})" if selector else "")
-        rows.append((name, module, str(group.channels), status))
+        rows.append((name, module, str(group.channels * group.filters_per_unit(module)), status))
     return rows, dict(names.selectors)
 
 
