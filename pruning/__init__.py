@@ -1,6 +1,7 @@
 """Network pruning: which weights, how they are scored, and what is done to them.
 
-Which channels move together: :mod:`pruning.dependency` (the trace), :mod:`pruning.groups` (the groups) and
+Which channels move together: :mod:`pruning.dependency` (the trace, with one rule per op in
+:mod:`pruning.channel_rules`), :mod:`pruning.groups` (the groups), :mod:`pruning.heads` (attention heads as units) and
 :mod:`pruning.naming` (the names users write). How they are scored: :mod:`pruning.importance`. What is done:
 :mod:`pruning.weight` (masks), :mod:`pruning.filter` with :mod:`pruning.surgery` (physical removal), on a
 schedule (:mod:`pruning.schedule`). The experiment runner picks a method by ``prune.method``
@@ -14,7 +15,7 @@ from pruning.importance import get_importance, group_scores, l1_filter_norms, li
 from pruning.masks import MaskKeeper, apply_masks, validate_masks
 from pruning.naming import LayerNames, layer_names, prunable_layers
 from pruning.sparsity import sparsity_report
-from pruning.surgery import apply_shapes, pruned_shapes, remove_channels
+from pruning.surgery import apply_shapes, pruned_shapes, remove_channels, remove_units
 from pruning.weight import (
     KINDS,
     SCOPES,
@@ -56,6 +57,7 @@ __all__ = [
     "pruned_shapes",
     "register_importance",
     "remove_channels",
+    "remove_units",
     "sparsity_report",
     "validate_masks",
 ]

@@ -34,14 +34,14 @@ from torch import nn
 from pruning.dependency import analyse
 from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
 from pruning.heads import QUERY_WEIGHTS, heads_of
-from pruning.importance import group_scores
+from pruning.importance import get_importance, group_scores
 from pruning.naming import LayerNames, layer_names
 from pruning.surgery import pruned_shapes, remove_units
 from utils.core import choices
 from utils.core.errors import UserError
 
-__all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "filter_masks", "filters_to_remove", "masked_filters",
-           "plan_every_group", "plan_filters", "prune_filters", "remove_filters", "select_filters"]
+__all__ = ["STRATEGIES", "FilterPlan", "FilterPruneResult", "FilterSpec", "filter_masks", "filters_to_remove",
+           "masked_filters", "plan_every_group", "plan_filters", "prune_filters", "remove_filters", "select_filters"]
 
 STRATEGIES = choices.FILTER_STRATEGIES
 """``independent``: every layer ranked on the original weights; ``greedy``: kernels on input channels
@@ -66,6 +66,7 @@ class FilterPruneResult:
     shapes: dict[str, dict[str, Any]]
     strategy: str
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    per_unit: dict[str, int] = field(default_factory=dict)  # filters that can only go together (1 but for shuffles)
 
 
 def filters_to_remove(n: int, ratio: float) -> int:
@@ -183,33 +184,51 @@ class FilterPlan:
     names: LayerNames
     groups: dict[int, tuple[list[str], int]]
     strategy: str
+    importance: str = "l1"
 
     def layer_counts(self) -> dict[str, int]:
         """``{layer: filters to remove}`` for every requested layer (coupled layers each listed)."""
         return {layer: count for layers, count in self.groups.values() for layer in layers}
 
 
-def plan_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
-                 ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
-                 example_input: torch.Tensor | None = None) -> FilterPlan:
-    """Check a spec (the options of :func:`prune_filters`) against ``model`` and resolve it; nothing is changed."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"prune.strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+@dataclass(frozen=True)
+class FilterSpec:
+    """What to prune, as the ``prune`` section says it (see :func:`prune_filters` for each field)."""
+
+    layers: Sequence[str] = ()
+    channels: Sequence[int] | None = None
+    ratios: Sequence[float] | None = None
+    strategy: str = "independent"
+    skip: Sequence[str] = ()
+    importance: str = "l1"
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"prune.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        get_importance(self.importance)  # an unknown name is a UserError listing the known ones
+
+
+def plan_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_input: torch.Tensor | None = None,
+                 **options: Any) -> FilterPlan:
+    """Check a spec (a :class:`FilterSpec`, or its fields as keywords) against ``model`` and resolve it; nothing is
+    changed."""
+    spec = spec if spec is not None else FilterSpec(**options)
+    spec.check()
     graph = analyse(model, example_input)
     names = layer_names(model, graph)
-    layers = _as_list(layers, "prune.layers")
-    skip = _as_list(skip, "prune.skip")
+    layers = _as_list(spec.layers, "prune.layers")
+    skip = _as_list(spec.skip, "prune.skip")
     if layers:
-        kind, values = _amounts(channels, ratios, len(layers))
+        kind, values = _amounts(spec.channels, spec.ratios, len(layers))
     else:  # every layer that may be pruned alone, all by the same amount
-        kind, values = _amounts(channels, ratios, None)
+        kind, values = _amounts(spec.channels, spec.ratios, None)
         layers = [name for name in names.layers if graph.alone(names.module(name))]
         values = values * len(layers)
     return FilterPlan(graph=graph, names=names, groups=_plan(graph, names, layers, kind, values, skip),
-                      strategy=strategy)
+                      strategy=spec.strategy, importance=spec.importance)
 
 
-def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "independent",
+def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "independent", importance: str = "l1",
                      example_input: torch.Tensor | None = None) -> FilterPlan:
     """A plan that removes ``ceil(ratio * n)`` channels of every prunable group of ``model`` (residual groups and
     groups of several producers included), leaving out groups that would be emptied: the "prune everything by
@@ -219,7 +238,8 @@ def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "indepen
     graph = analyse(model, example_input)
     groups = {index: ([], filters_to_remove(group.channels, ratio)) for index, group in enumerate(graph.groups)
               if group.prunable and filters_to_remove(group.channels, ratio) < group.channels}
-    return FilterPlan(graph=graph, names=layer_names(model, graph), groups=groups, strategy=strategy)
+    return FilterPlan(graph=graph, names=layer_names(model, graph), groups=groups, strategy=strategy,
+                      importance=importance)
 
 
 def _greedy_ignore(graph: ChannelGraph, group: ChannelGroup, removed: Mapping[int, Sequence[int]]
@@ -251,7 +271,7 @@ def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int]
         group = plan.graph.groups[index]
         count = plan.groups[index][1] if counts is None else counts[index]
         ignore = _greedy_ignore(plan.graph, group, removed_of_group) if plan.strategy == "greedy" else {}
-        scores = group_scores(model, group, ignore_in_channels=ignore)
+        scores = group_scores(model, group, importance=plan.importance, ignore_in_channels=ignore)
         if first and first.get(index):
             if len(first[index]) > count:
                 raise ValueError(f"group {index}: {len(first[index])} channels are already removed, more than the "
@@ -319,36 +339,40 @@ def remove_filters(model: nn.Module, plan: FilterPlan, removed: dict[int, Sequen
     removed_by_layer: dict[str, list[int]] = {}
     widths: dict[str, tuple[int, int]] = {}
     modules: dict[str, str] = {}
+    per_unit: dict[str, int] = {}
     for index in sorted(plan.groups):
         group, gone = plan.graph.groups[index], sorted(removed.get(index, ()))
         for layer in plan.groups[index][0]:  # in the layer's own filters (a unit may be several of them)
             module = modules[layer] = plan.names.module(layer)
             member = group.member(module, *WRITERS)
             filters = sum(len(unit) for unit in member.index)
+            per_unit[layer] = max(per_unit.get(layer, 1), group.filters_per_unit(module))
             removed_by_layer[layer] = sorted(removed_by_layer.get(layer, []) + member.positions(gone))
             before, after = widths.get(layer, (0, 0))
             widths[layer] = (before + filters, after + filters - len(member.positions(gone)))
     indices = sorted(plan.groups)
     remove_units(model, [plan.graph.groups[i] for i in indices], [sorted(removed.get(i, ())) for i in indices])
     return FilterPruneResult(removed=removed_by_layer, widths=widths, modules=modules, shapes=pruned_shapes(model),
-                             strategy=plan.strategy)
+                             strategy=plan.strategy, per_unit=per_unit)
 
 
-def prune_filters(model: nn.Module, *, layers: Sequence[str] = (), channels: Sequence[int] | None = None,
-                  ratios: Sequence[float] | None = None, strategy: str = "independent", skip: Sequence[str] = (),
-                  example_input: torch.Tensor | None = None) -> FilterPruneResult:
-    """Remove the smallest-L1 filters of ``layers`` from ``model``, physically and in place.
+def prune_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_input: torch.Tensor | None = None,
+                  **options: Any) -> FilterPruneResult:
+    """Remove the lowest-scored filters (smallest L1 by default) of ``layers`` from ``model``, physically, in place.
+
+    The spec is a :class:`FilterSpec` or its fields as keywords:
 
     ``layers``: names from :func:`pruning.naming.layer_names` (``conv7``, ``layer2``, ``block3``, a conv's
     module name); empty means every layer that may be pruned alone. ``channels`` (filters to remove) or
     ``ratios`` (fraction of each layer's filters; ``ceil(r * n)`` go): exactly one, with one value for all
     layers or one per ``layers`` entry (a selector's value applies to each layer in it). ``skip``: layers
-    to leave out. ``example_input``: one batch of the size the model takes (default: 3x32x32 for the CIFAR
-    models, 3x224x224 otherwise), used only to trace shapes.
+    to leave out. ``strategy``: ``independent`` or ``greedy``. ``importance``: the criterion
+    (:mod:`pruning.importance`: ``l1``, ``l2``, ``fpgm``, ``bn_scale``, ``random``). ``example_input``: one batch of
+    the size the model takes (default: 3x32x32 for the CIFAR models, 3x224x224 otherwise), used only to trace
+    shapes.
 
     The three steps, for callers that need them apart (a schedule masks before it removes): :func:`plan_filters`,
     :func:`select_filters`, :func:`remove_filters` (or :func:`filter_masks`).
     """
-    plan = plan_filters(model, layers=layers, channels=channels, ratios=ratios, strategy=strategy, skip=skip,
-                        example_input=example_input)
+    plan = plan_filters(model, spec, example_input=example_input, **options)
     return remove_filters(model, plan, select_filters(model, plan))

@@ -245,12 +245,12 @@ def freeze(builder: UnitBuilder, records: Sequence[Record]) -> tuple[list[Channe
     for (sig, _, is_summed), members_roots in classes.items():
         writers = [k for k, _ in sig if records[k].role in WRITERS]
         lead = min(writers or [k for k, _ in sig], key=lambda k: records[k].position)
-        # Groups without producers (the model's input) go last.
         # Units in the order of their first position in the lead member: channel c of a plain conv is unit c.
         first = {}
         for p, root in enumerate(per_record[lead].tolist()):
             first.setdefault(root, p)
         units = sorted(members_roots, key=first.__getitem__)
+        # Groups without producers (the model's input) go last.
         groups.append((records[lead].position if writers else len(records) + records[lead].position, units, sig,
                        is_summed))
     groups.sort(key=lambda g: (g[0], g[1][0]))

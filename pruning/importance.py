@@ -13,8 +13,10 @@ caller through ``ignore_in_channels``:
 * *greedy*: kernels that read an input channel already removed from the previous layer are left out of
   the sums, since they will be gone anyway.
 
-Criteria are registered by name (:func:`register_importance`) so that a new one touches only this file;
-the grouping (:mod:`pruning.dependency`) and the removal (:mod:`pruning.surgery`) do not change.
+Other criteria, each a few lines, registered by name (:func:`register_importance` for those that score a filter
+from its own weights, :func:`register_group_importance` for those that need the whole group) so that a new one
+touches only this file; the grouping (:mod:`pruning.dependency`) and the removal (:mod:`pruning.surgery`) do not
+change: ``l2``, ``fpgm`` (He et al. 2019), ``bn_scale`` (Liu et al. 2017), ``random`` (the control).
 """
 
 from __future__ import annotations
@@ -27,24 +29,40 @@ from torch import nn
 
 from pruning.groups import WRITERS, ChannelGroup
 from pruning.heads import rows_of_heads
+from utils.core.errors import UserError
 from utils.core.registry import Registry
 
-__all__ = ["FilterImportance", "get_importance", "group_scores", "l1_filter_norms", "list_importances",
-           "register_importance"]
+__all__ = ["FilterImportance", "GroupImportance", "bn_scale", "geometric_median_distances", "get_importance",
+           "group_scores", "l1_filter_norms", "l2_filter_norms", "list_importances", "random_scores",
+           "register_group_importance", "register_importance"]
 
 
 class FilterImportance(Protocol):
-    """``(conv weight, *, ignore_in_channels) -> one score per output filter``; higher = more important."""
+    """``(weight, *, ignore_in_channels) -> one score per output filter``; higher = more important."""
 
     def __call__(self, conv_weight: torch.Tensor, *, ignore_in_channels: Collection[int] | None = None
                  ) -> torch.Tensor: ...
 
 
-_IMPORTANCE: Registry[FilterImportance] = Registry("filter importance")
+GroupImportance = Callable[[nn.Module, ChannelGroup, Mapping[str, Collection[int]]], torch.Tensor]
+"""``(model, group, ignore_in_channels per producer) -> one score per channel (unit) of the group``."""
+
+_IMPORTANCE: Registry[GroupImportance] = Registry("filter importance")
 
 
 def register_importance(name: str) -> Callable[[FilterImportance], FilterImportance]:
-    """Register a filter-importance criterion under ``name``."""
+    """Register a criterion that scores each filter from its own weights (``l1``, ``l2``, ...) under ``name``: a
+    group's channel then scores the sum of its producers' filter scores (see :func:`group_scores`)."""
+
+    def register(score: FilterImportance) -> FilterImportance:
+        _IMPORTANCE.register(name)(lambda model, group, ignore: _sum_over_producers(score, model, group, ignore))
+        return score
+
+    return register
+
+
+def register_group_importance(name: str) -> Callable[[GroupImportance], GroupImportance]:
+    """Register a criterion that scores a group's channels from more than one layer's weights (``bn_scale``)."""
     return _IMPORTANCE.register(name)
 
 
@@ -53,7 +71,7 @@ def list_importances() -> list[str]:
     return _IMPORTANCE.names()
 
 
-def get_importance(name: str) -> FilterImportance:
+def get_importance(name: str) -> GroupImportance:
     """The criterion registered as ``name``; an unknown name is a :class:`UserError` listing the known ones."""
     return _IMPORTANCE.get(name)
 
@@ -66,39 +84,92 @@ def _kept_inputs(weight: torch.Tensor, ignore_in_channels: Collection[int] | Non
     return weight[:, keep]
 
 
+def _filters(conv_weight: torch.Tensor, ignore_in_channels: Collection[int] | None) -> torch.Tensor:
+    """``(filters, everything else)`` in float64, the kernels on ``ignore_in_channels`` left out."""
+    return _kept_inputs(conv_weight.detach(), ignore_in_channels).to(torch.float64).flatten(1)
+
+
 @register_importance("l1")
 def l1_filter_norms(conv_weight: torch.Tensor, *, ignore_in_channels: Collection[int] | None = None
                     ) -> torch.Tensor:
-    """``sum |w|`` over (in, kh, kw) for every output filter of a ``groups == 1`` conv weight, in float64.
+    """``sum |w|`` over (in, kh, kw) for every output filter of a ``groups == 1`` conv weight, in float64 (Li et al.).
 
     ``ignore_in_channels``: input channels whose kernels are left out of the sums (the greedy strategy
     passes the channels already removed from the previous layer).
     """
-    weight = _kept_inputs(conv_weight.detach(), ignore_in_channels)
-    return weight.abs().to(torch.float64).flatten(1).sum(dim=1)
+    return _filters(conv_weight, ignore_in_channels).abs().sum(dim=1)
 
 
-def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1",
-                 ignore_in_channels: Mapping[str, Collection[int]] | None = None) -> torch.Tensor:
-    """One score per channel (unit) of ``group``: the sum of its producers' filter scores (a unit written by
-    several filters of one producer, as when a grouped conv reads it, sums them).
+@register_importance("l2")
+def l2_filter_norms(conv_weight: torch.Tensor, *, ignore_in_channels: Collection[int] | None = None
+                    ) -> torch.Tensor:
+    """``sqrt(sum w^2)`` of every output filter, in float64: the L2 variant of Li et al.'s norm."""
+    return _filters(conv_weight, ignore_in_channels).norm(dim=1)
 
-    A group with one producer (a plain conv, a ResNet block's first conv, a MobileNetV2 expansion conv)
-    is scored exactly as Li et al. do. A residual group has several producers writing the same channel;
-    summing their scores lets every conv that writes the channel vote (Torch-Pruning averages, which ranks
-    the same); a squeeze-and-excitation gate's filter on the channel votes the same way. Li et al. (§3.4)
-    instead rank such channels by the projection shortcut's 1x1 filters alone; that is a different criterion
-    and would be registered as one. Depthwise convs and BatchNorm carry the
-    channel but do not score it. ``ignore_in_channels``: ``{producer: input channels to leave out}``.
-    """
-    score_of = get_importance(importance)
-    ignore = ignore_in_channels or {}
+
+@register_importance("fpgm")
+def geometric_median_distances(conv_weight: torch.Tensor, *, ignore_in_channels: Collection[int] | None = None
+                               ) -> torch.Tensor:
+    """He et al. 2019 (FPGM): a filter close to the layer's geometric median is the most replaceable by the others.
+    The median's neighbourhood is found as the public implementation does, without computing the median: each
+    filter's score is the sum of its Euclidean distances to all the layer's filters, and the smallest go."""
+    filters = _filters(conv_weight, ignore_in_channels)
+    return torch.cdist(filters, filters).sum(dim=1)
+
+
+def _sum_over_producers(score: FilterImportance, model: nn.Module, group: ChannelGroup,
+                        ignore: Mapping[str, Collection[int]]) -> torch.Tensor:
+    """A weight criterion over a group: each channel (unit) scores the sum of its producers' filter scores."""
     total = torch.zeros(group.channels, dtype=torch.float64)
     for member in group.members:
         if member.role not in WRITERS:
             continue
         module = model.get_submodule(member.module)
         weight = rows_of_heads(module) if member.role == "heads" else module.weight
-        per_filter = score_of(weight, ignore_in_channels=ignore.get(member.module)).cpu()
+        per_filter = score(weight, ignore_in_channels=ignore.get(member.module)).cpu()
         total += per_filter[torch.tensor(member.index, dtype=torch.long)].sum(dim=1)
     return total
+
+
+@register_group_importance("bn_scale")
+def bn_scale(model: nn.Module, group: ChannelGroup, ignore: Mapping[str, Collection[int]]) -> torch.Tensor:
+    """Liu et al. 2017 (network slimming): ``|gamma|`` of the BatchNorm after the channel, summed over the group's
+    BatchNorms (a residual group has one per producer). A group without a BatchNorm with a scale cannot be ranked
+    this way: ``UserError``."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    scaled = 0
+    for member in group.members:
+        weight = getattr(model.get_submodule(member.module), "weight", None) if member.role == "norm" else None
+        if weight is None:
+            continue
+        gamma = weight.detach().abs().to(torch.float64).cpu()
+        total += gamma[torch.tensor(member.index, dtype=torch.long)].sum(dim=1)
+        scaled += 1
+    if not scaled:
+        raise UserError(f"prune.importance: bn_scale ranks channels by their BatchNorm's scale, and the channels of "
+                        f"{group.producers[0]} go through none; choose another criterion (l1, l2, fpgm)")
+    return total
+
+
+@register_group_importance("random")
+def random_scores(model: nn.Module, group: ChannelGroup, ignore: Mapping[str, Collection[int]]) -> torch.Tensor:
+    """One uniform draw per channel from torch's global generator, which the run's ``seed`` sets: the control that
+    any criterion has to beat. Reproducible for a given seed and plan (groups are scored in input order)."""
+    return torch.rand(group.channels, dtype=torch.float64)
+
+
+def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1",
+                 ignore_in_channels: Mapping[str, Collection[int]] | None = None) -> torch.Tensor:
+    """One score per channel (unit) of ``group`` by criterion ``importance``; the smallest are removed first.
+
+    Weight criteria (``l1``, ``l2``, ``fpgm``) score each producer's filters and sum them per channel. A group with
+    one producer (a plain conv, a ResNet block's first conv, a MobileNetV2 expansion conv) is scored exactly as Li et
+    al. do. A residual group has several producers writing the same channel; summing their scores lets every conv
+    that writes the channel vote (Torch-Pruning averages, which ranks the same); a squeeze-and-excitation gate's
+    filter on the channel votes the same way, and a unit of several filters (a conv group) sums them. Li et al.
+    (§3.4) instead rank such channels by the projection shortcut's 1x1 filters alone; that is a different criterion
+    and would be registered as one. Depthwise convs and BatchNorm carry the channel but do not score it, except
+    for ``bn_scale``, which sums the group's BatchNorm scales. ``ignore_in_channels``: ``{producer: input channels
+    to leave out}`` (the greedy strategy; weight criteria only).
+    """
+    return get_importance(importance)(model, group, ignore_in_channels or {})

@@ -90,9 +90,10 @@ def _zero_hook(variant: nn.Module, member: Member, gone_of: Sequence[Sequence[in
 
 
 def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loader: Iterable, device: torch.device,
-                      *, graph: ChannelGraph | None = None, example_input: torch.Tensor | None = None
-                      ) -> list[dict[str, Any]]:
-    """Top-1/top-5/loss of ``model`` with the smallest-L1 ``ratio`` of ``layer``'s filters removed, per ratio.
+                      *, graph: ChannelGraph | None = None, example_input: torch.Tensor | None = None,
+                      importance: str = "l1") -> list[dict[str, Any]]:
+    """Top-1/top-5/loss of ``model`` with the lowest-scored ``ratio`` of ``layer``'s filters (``importance``, L1 by
+    default) removed, per ratio.
 
     The same filters :func:`pruning.filter.prune_filters` would remove (``ceil(r * n)`` of them, smallest L1
     first); the model itself is not modified. Returns one dict per ratio: ``ratio, filters, kept, top1, top5,
@@ -104,7 +105,7 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     if any(member.role == "heads" for member in group.members):
         raise UserError(f"sensitivity.layers: {layer} is an attention layer; the sensitivity sweep prunes channels, "
                         "not attention heads, yet: leave it out of sensitivity.layers")
-    order = torch.argsort(group_scores(model, group), stable=True)
+    order = torch.argsort(group_scores(model, group, importance=importance), stable=True)
     gone_of, kept = [], []
     for ratio in ratios:
         gone = min(filters_to_remove(group.channels, ratio), group.channels - 1)  # a layer keeps one filter

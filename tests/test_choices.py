@@ -12,6 +12,7 @@ import torch
 
 from models.resnet_cifar import SHORTCUTS
 from pruning.filter import STRATEGIES
+from pruning.importance import list_importances
 from pruning.schedule import SCHEDULES
 from pruning.weight import SCOPES
 from utils.config.schema import DataConfig, ModelConfig, OptimConfig, PruneConfig
@@ -60,3 +61,9 @@ def test_every_lr_schedule_builds_its_own_scheduler() -> None:
     kinds = {type(build_scheduler(optimizer, OptimConfig(epochs=2, schedule=name, milestones=[1])))
              for name in choices.LR_SCHEDULES}
     assert len(kinds) == len(choices.LR_SCHEDULES)
+
+
+def test_every_filter_importance_the_config_allows_is_registered() -> None:
+    assert tuple(sorted(choices.FILTER_IMPORTANCES)) == tuple(list_importances())
+    check = {f.name: f for f in dataclasses.fields(PruneConfig)}["importance"].metadata["check"]
+    assert all(check(name) for name in list_importances()) and not check("l3")

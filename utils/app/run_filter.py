@@ -105,9 +105,11 @@ def _filter_iterative(s: Session) -> FilterDone:
     example = example_input(s.data.trace_size, s.device)
     rounds: list[dict[str, Any]] = []
     for i in range(1, p.rounds + 1):
-        counts = {layer: scheduled_count(final, i, p.rounds) - (one_shot.widths[layer][0] - len(alive[layer]))
-                  for layer, final in final_counts.items()}
+        per = one_shot.per_unit  # filters tied into one channel unit go together: the ramp counts units
+        counts = {layer: per.get(layer, 1) * scheduled_count(final // per.get(layer, 1), i, p.rounds)
+                  - (one_shot.widths[layer][0] - len(alive[layer])) for layer, final in final_counts.items()}
         step = prune_filters(model, layers=list(counts), channels=list(counts.values()), strategy=p.strategy,
+                             importance=p.importance,
                              example_input=example)
         for layer, gone in step.removed.items():
             gone_set = set(gone)
@@ -237,12 +239,14 @@ def run_filter(s: Session) -> None:
     table = format_before_after(before, after, change)
     print(f"Model size: {before['size_kb']:.0f} Kb -> {after['size_kb']:.0f} Kb\n\n{table}\n")
     rounds = format_filter_rounds(done.extra.get("rounds", []))
-    markdown = (f"## {cfg.name}: {cfg.model.arch}, L1-norm filter pruning ({cfg.prune.strategy}){schedule_title(cfg)}"
-                f"\n\n{table}\n{rounds}")
+    criterion = "L1-norm" if cfg.prune.importance == "l1" else cfg.prune.importance
+    markdown = (f"## {cfg.name}: {cfg.model.arch}, {criterion} filter pruning ({cfg.prune.strategy})"
+                f"{schedule_title(cfg)}\n\n{table}\n{rounds}")
     if rounds:
         print(rounds)
     results = {
         "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
+        "importance": cfg.prune.importance,
         "schedule": schedule_record(cfg), "before": before, "after": after, "reduction_percent": change,
         "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
         "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,

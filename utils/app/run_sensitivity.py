@@ -28,7 +28,8 @@ def run_sensitivity(s: Session) -> None:
     graph = analyse(original, example)
     curves: dict[str, dict[str, Any]] = {}
     for layer in names:
-        points = layer_sensitivity(original, layer, ratios, s.data.test_loader, s.device, graph=graph)
+        points = layer_sensitivity(original, layer, ratios, s.data.test_loader, s.device, graph=graph,
+                                   importance=p.importance)
         for point in points:
             s.run.append_metrics({"phase": "sensitivity", "layer": layer, **point})
         top1 = [p["top1"] for p in points]

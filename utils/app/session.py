@@ -115,4 +115,4 @@ def example_input(input_size: tuple[int, int, int], device: torch.device) -> tor
 def filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
     p = cfg.prune
     return {"layers": list(p.layers), "channels": p.channels, "ratios": p.ratios, "strategy": p.strategy,
-            "skip": list(p.skip)}
+            "importance": p.importance, "skip": list(p.skip)}

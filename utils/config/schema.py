@@ -280,6 +280,13 @@ class PruneConfig:
     strategy: str = _opt("independent", "`filter`: `independent` (every layer ranked on the original weights) or "
                          "`greedy` (kernels on channels already removed from the previous layer are left out of the "
                          "L1 sums; Li et al. sec. 3.3).", choices=choices.FILTER_STRATEGIES)
+    importance: str = _opt("l1", "`filter`/`sensitivity`: how channels are scored, the lowest going first: `l1` (sum "
+                           "of a filter's absolute weights, Li et al.), `l2` (its Euclidean norm), `fpgm` (its "
+                           "distance to the layer's other filters: near the geometric median is redundant, He et al. "
+                           "2019), "
+                           "`bn_scale` (the BatchNorm scale of the channel, Liu et al. 2017) or `random` (seeded by "
+                           "`seed`: the control). A channel written by several layers sums their scores.",
+                           choices=choices.FILTER_IMPORTANCES)
     skip: list[str] = _opt([], "`filter`/`sensitivity`: layers to leave alone (e.g. the sensitive ones a "
                            "sensitivity analysis found).")
     sensitivity_ratios: list[float] = _opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],

@@ -23,6 +23,8 @@ AMP = ("bf16", "fp16")
 WEIGHT_SCOPES = ("layer_type", "global", "layer")
 # prune.strategy: how filter pruning ranks later layers (pruning.filter.STRATEGIES)
 FILTER_STRATEGIES = ("independent", "greedy")
+# prune.importance: how filter pruning scores channels (pruning.importance's registry)
+FILTER_IMPORTANCES = ("l1", "l2", "fpgm", "bn_scale", "random")
 # prune.schedule: when pruning happens (pruning.schedule.SCHEDULES)
 PRUNE_SCHEDULES = ("one_shot", "iterative", "agp")
 
