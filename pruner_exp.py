@@ -5,13 +5,20 @@
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --resume checkpoints/<run>
     python pruner_exp.py --json experiments/prune/cifar10_weight_prune_resnet20.json --export compressed onnx
     python pruner_exp.py --json experiments/prune/cifar10_filter_prune_vgg16_bn.json --list-layers
+    python pruner_exp.py --json experiments/prune/cifar10_filter_prune_resnet56_pruned_b.json --dry-run
 """
 
 from __future__ import annotations
 
 import argparse
 
-from utils.app.cli import add_common_arguments, add_list_layers_argument, run_main
+from utils.app.cli import (
+    add_common_arguments,
+    add_dry_run_arguments,
+    add_list_layers_argument,
+    check_dry_run_arguments,
+    run_main,
+)
 from utils.core.errors import UserError
 
 
@@ -24,11 +31,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="continue a run stopped during retraining, in its run directory (same experiment "
                              "settings): it prunes again and retrains from the checkpoints there")
     add_list_layers_argument(parser)
+    add_dry_run_arguments(parser)
     return parser
 
 
 def cli() -> int:
     args = get_args_parser().parse_args()
+    check_dry_run_arguments(args)
     from utils.config.schema import repeated_ratio
     from utils.config.validate import load_config
 
@@ -51,6 +60,10 @@ def cli() -> int:
         from utils.app.layer_list import list_layers
 
         return list_layers(cfg)
+    if args.dry_run:
+        from utils.app.dry_run import dry_run
+
+        return dry_run(cfg, plan_out=args.plan_out)
     return main(cfg, gpu=args.gpu, visdom=args.visdom, resume=args.resume, export=tuple(args.export))
 
 

@@ -38,6 +38,28 @@ def add_list_layers_argument(parser: argparse.ArgumentParser) -> None:
                              "weights unless model.checkpoint is a checkpoint of this tool (a pruned model)")
 
 
+def add_dry_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what the pruning run would do (filters before -> after per layer, the groups that "
+                             "could be pruned too or why not, parameters and MACs before/after) and write it as a "
+                             "plan file, then exit; needs no data and no trained weights")
+    parser.add_argument("--plan-out", metavar="PATH", default=None,
+                        help="with --dry-run: where the plan is written (default: <output.dir>/<name>.plan.json); "
+                             "only an earlier plan is ever replaced")
+
+
+def check_dry_run_arguments(args: argparse.Namespace) -> None:
+    """``--dry-run`` plans a new run and ``--list-layers`` lists names: neither goes with what only a real run does."""
+    if args.plan_out is not None and not args.dry_run:
+        raise UserError(f"--plan-out {args.plan_out}: only with --dry-run (it says where the plan is written)")
+    if args.dry_run and args.list_layers:
+        raise UserError("--dry-run and --list-layers: give one of them (--dry-run also lists the groups that could "
+                        "be pruned)")
+    if args.dry_run and (args.resume is not None or args.export):
+        flag = "--resume" if args.resume is not None else "--export"
+        raise UserError(f"--dry-run with {flag}: a dry run plans a new run and writes no model; drop {flag}")
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main`` and turn user errors into one clear line and a non-zero exit, and a run stopped by a signal into
     the command that resumes it."""

@@ -22,32 +22,56 @@ from utils.checkpoint.load import load_toolkit_checkpoint, read_checkpoint_file
 from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
 
-__all__ = ["layer_rows", "list_layers"]
+__all__ = ["blocked_reasons", "check_takes", "layer_rows", "list_layers", "planning_model", "trace_size", "why_blocked"]
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)  # what pruning traces a model that declares no size with: an ImageNet image
 
 
-def _model(cfg: ExperimentConfig) -> tuple[nn.Module, str]:
-    """The model whose layers are listed, and where its architecture came from (for the header line)."""
+def planning_model(cfg: ExperimentConfig) -> tuple[nn.Module, str | None]:
+    """The model of ``cfg`` as far as it can be had without data: from ``model.checkpoint`` when that is a checkpoint
+    of this tool (its architecture, pruned widths included, and its weights), else built with random weights. The
+    second value is the checkpoint the model came from (None: random weights). Also used by ``--dry-run``."""
     m = cfg.model
     if m.checkpoint is not None and Path(m.checkpoint).is_file():
         obj = read_checkpoint_file(m.checkpoint)
         if is_toolkit_checkpoint(obj):
             loaded = load_toolkit_checkpoint(m.checkpoint, expect_arch=m.arch, ckpt=obj, key="model.checkpoint")
-            return loaded.model, f"the architecture of {m.checkpoint}"
+            return loaded.model, m.checkpoint
     options = {key: getattr(m, key) for key in ("num_classes", "shortcut", "classifier") if getattr(m, key) is not None}
+    return build_arch(m.arch, options).model, None
+
+
+def _model(cfg: ExperimentConfig) -> tuple[nn.Module, str]:
+    """The model whose layers are listed, and where its architecture came from (for the header line)."""
+    model, checkpoint = planning_model(cfg)
+    if checkpoint is not None:
+        return model, f"the architecture of {checkpoint}"
+    m = cfg.model
     missing = f"; model.checkpoint {m.checkpoint} is not there yet" if m.checkpoint is not None and \
         not Path(m.checkpoint).exists() else ""
-    return build_arch(m.arch, options).model, f"random weights: the names follow from the architecture alone{missing}"
+    return model, f"random weights: the names follow from the architecture alone{missing}"
 
 
-def _why_blocked(blocked: str) -> str:
-    """The first of the reasons a group may not be pruned (the trace may give the same one for every sum it meets)."""
-    reasons = list(dict.fromkeys(blocked.split("; ")))
+def blocked_reasons(blocked: str) -> list[str]:
+    """The distinct reasons a group may not be pruned (the trace may give the same one for every sum it meets). They
+    are joined by "; ", which a reason may hold in parentheses too (the option-A shortcut's hint): only a separator
+    outside them splits."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(blocked):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and blocked.startswith("; ", i):
+            parts.append(blocked[start:i])
+            start = i + 2
+    return list(dict.fromkeys([*parts, blocked[start:]]))
+
+
+def why_blocked(blocked: str) -> str:
+    """The first of the reasons a group may not be pruned, and how many more there are."""
+    reasons = blocked_reasons(blocked)
     return reasons[0] + (f" (and {len(reasons) - 1} more reason(s))" if len(reasons) > 1 else "")
 
 
-def _input_size(cfg: ExperimentConfig, model: nn.Module) -> tuple[tuple[int, ...], str]:
+def trace_size(cfg: ExperimentConfig, model: nn.Module) -> tuple[tuple[int, ...], str]:
     """The size of the one input the model is traced with, and which key or default gave it."""
     if cfg.model.input_size is not None:
         return tuple(cfg.model.input_size), "model.input_size"
@@ -73,7 +97,7 @@ def layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str,
             rows.append((name, module, "?", "not prunable: the trace does not follow its channels"))
             continue
         if group.blocked is not None or not group.prunable:
-            status = f"not prunable: {_why_blocked(group.blocked)}" if group.blocked else "not prunable"
+            status = f"not prunable: {why_blocked(group.blocked)}" if group.blocked else "not prunable"
         elif not group.summed:
             status = "prunable"
         else:
@@ -85,14 +109,16 @@ def layer_rows(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str,
     return rows, dict(names.selectors)
 
 
-def _check_takes(model: nn.Module, example: torch.Tensor, arch: str, why: str) -> None:
+def check_takes(model: nn.Module, example: torch.Tensor, arch: str, why: str, *, flag: str = "--list-layers") -> Any:
+    """The model's output for ``example`` (one forward pass in eval mode, without gradients); a model that refuses it
+    is one line saying which size was tried and why (``why``) and how to change it."""
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            return model(example)
     except (RuntimeError, ValueError, AssertionError) as exc:  # AssertionError: torch._assert's size checks (ViT)
-        raise UserError(f"--list-layers: model.arch {arch!r} cannot take one input of {list(example.shape[1:])} "
+        raise UserError(f"{flag}: model.arch {arch!r} cannot take one input of {list(example.shape[1:])} "
                         f"({why}; {first_line(exc)}); set model.input_size to the [C, H, W] it takes") from None
     finally:
         model.train(training)
@@ -101,9 +127,9 @@ def _check_takes(model: nn.Module, example: torch.Tensor, arch: str, why: str) -
 def list_layers(cfg: ExperimentConfig) -> int:
     """Print the layer names of ``cfg``'s model (see the module docstring); the exit status (0)."""
     model, source = _model(cfg)
-    size, why = _input_size(cfg, model)
+    size, why = trace_size(cfg, model)
     example = torch.zeros(1, *size)
-    _check_takes(model, example, cfg.model.arch, why)
+    check_takes(model, example, cfg.model.arch, why)
     rows, selectors = layer_rows(model, example)
     print(f"model.arch {cfg.model.arch!r} ({source}), traced with one {'x'.join(map(str, size))} input ({why}).")
     print("Names prune.layers and prune.skip take (a conv's module name is taken too):")
