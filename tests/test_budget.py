@@ -10,6 +10,8 @@ from models import get_model
 from models.sources import build_arch
 from pruning.budget import plan_to_target
 from pruning.filter import FilterSpec, remove_filters, select_filters
+from utils.app.pruner_main import prepare_pruning
+from utils.config.validate import from_dict
 from utils.core.errors import UserError
 from utils.report.profile import count_macs, count_params
 
@@ -59,3 +61,18 @@ def test_bad_targets_are_one_line() -> None:
     with pytest.raises(UserError, match=r"prune.target: 0.01 of the model's cost cannot be reached with "
                                         r"prune.max_ratio 0.5"):
         plan_to_target(model, target=0.01, cost=count_params, max_ratio=0.5, example_input=x)
+
+
+def test_prune_target_in_the_experiment_file_reaches_the_pruned_model(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = from_dict({"name": "t", "model": {"arch": "resnet20", "shortcut": "B"},
+                     "prune": {"method": "filter", "target": {"macs": 0.6}, "allocation": "uniform",
+                               "skip": ["conv2"]}})
+    model = get_model("resnet20", shortcut="B").eval()
+    x = torch.zeros(1, 3, 32, 32)
+    pruned, outcome = prepare_pruning(cfg, model, x)
+    reached = count_macs(pruned, (3, 32, 32)) / count_macs(model, (3, 32, 32))
+    assert 0.59 <= reached <= 0.6 and "conv2" not in outcome.widths
+    assert f"({reached:.4f})" in capsys.readouterr().out  # what it reached is printed
+    with pytest.raises(UserError, match=r"prune.ratios: prune.target decides how many filters each layer gives"):
+        from_dict({"name": "t", "model": {"arch": "resnet20"},
+                   "prune": {"method": "filter", "target": {"params": 0.5}, "ratios": [0.3]}})

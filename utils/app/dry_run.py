@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from models import arch_options
-from pruning.filter import FilterPlan, plan_filters, remove_filters, select_filters
+from pruning.filter import FilterPlan, remove_filters, select_filters
 from pruning.weight import KINDS, compute_masks, prunable_weights
 from utils.app.layer_list import blocked_reasons, check_takes, planning_model, trace_size
-from utils.app.session import filter_options
+from utils.app.session import filter_plan
 from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
 from utils.core.files import atomic_write_bytes
@@ -123,7 +123,7 @@ def _plan_filter(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor,
     """The filter spec resolved, applied to a copy of ``model`` and costed. With trained weights and a one-shot
     schedule the removed filter indices are the run's and are kept in the plan; with random weights they mean nothing,
     and a gradual schedule ranks again as it retrains, so they are left out then."""
-    plan = plan_filters(model, **filter_options(cfg), example_input=example)
+    plan = filter_plan(cfg, model, example)
     exact = trained and cfg.prune.schedule == "one_shot"
     smaller = copy.deepcopy(model)
     outcome = remove_filters(smaller, plan, select_filters(model, plan))

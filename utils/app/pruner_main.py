@@ -23,15 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning import (
-    prunable_layers,
-    prune_filters,
-)
+from pruning import prunable_layers
+from pruning.filter import remove_filters, select_filters
 
 # Importing the runners registers each under its prune.method name in METHODS.
 from utils.app import run_filter, run_sensitivity, run_weight  # noqa: F401
 from utils.app.exporting import check_export
-from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_options
+from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_plan
 from utils.app.setup import build_data, build_model, check_model, make_visdom, seed_everything, select_device
 from utils.config.schema import ExperimentConfig
 from utils.config.validate import from_dict
@@ -146,7 +144,8 @@ def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tens
     p = cfg.prune
     if p.method == "filter":
         pruned = copy.deepcopy(model)
-        return pruned, prune_filters(pruned, **filter_options(cfg), example_input=example)
+        plan = filter_plan(cfg, pruned, example)
+        return pruned, remove_filters(pruned, plan, select_filters(pruned, plan))
     elif p.method == "sensitivity":
         alone = prunable_layers(model, example, alone=True)
         for key, given in (("prune.layers", p.layers), ("prune.skip", p.skip)):

@@ -17,7 +17,7 @@ from pruning import (
     apply_masks,
     prune_filters,
 )
-from pruning.filter import filter_masks, masked_filters, plan_filters, remove_filters, select_filters
+from pruning.filter import filter_masks, masked_filters, remove_filters, select_filters
 from pruning.schedule import epochs_per_round, scheduled_count
 from utils.app.exporting import export_final, results_kept_on_error
 from utils.app.session import (
@@ -25,7 +25,7 @@ from utils.app.session import (
     Session,
     agp_plan_for,
     example_input,
-    filter_options,
+    filter_plan,
     schedule_record,
     schedule_title,
 )
@@ -152,7 +152,7 @@ def _filter_agp(s: Session) -> FilterDone:
     """
     cfg = s.cfg
     model = copy.deepcopy(s.loaded.model)
-    plan = plan_filters(model, **filter_options(cfg), example_input=example_input(s.data.trace_size, s.device))
+    plan = filter_plan(cfg, model, example_input(s.data.trace_size, s.device))
     agp = agp_plan_for(cfg, s.data, 1.0)
     finals = {index: count for index, (_, count) in plan.groups.items()}
 
@@ -247,6 +247,7 @@ def run_filter(s: Session) -> None:
     results = {
         "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
         "importance": cfg.prune.importance,
+        "target": dataclasses.asdict(cfg.prune.target) if cfg.prune.target is not None else None,
         "schedule": schedule_record(cfg), "before": before, "after": after, "reduction_percent": change,
         "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
         "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.budget import plan_to_target
+from pruning.filter import FilterPlan, FilterSpec, plan_filters
 from pruning.schedule import agp_plan
 from utils.app.setup import Data, make_visdom
 from utils.checkpoint.format import make_checkpoint
@@ -18,6 +20,7 @@ from utils.config.schema import ExperimentConfig, OptimConfig
 from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
 from utils.core.rundir import RunDir
+from utils.report.profile import count_macs, count_params
 from utils.train.engine import evaluate
 from utils.train.fit import FitResult, Loaders, RunTarget, ScheduleHooks, fit, resume_point
 from utils.train.interrupt import RunInterrupted
@@ -116,3 +119,22 @@ def filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
     p = cfg.prune
     return {"layers": list(p.layers), "channels": p.channels, "ratios": p.ratios, "strategy": p.strategy,
             "importance": p.importance, "skip": list(p.skip)}
+
+
+def filter_plan(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> FilterPlan:
+    """The filter plan of ``cfg.prune``: its layers and counts, or with ``prune.target`` the counts
+    :func:`pruning.budget.plan_to_target` finds for that budget (what it reached is printed). The one place the
+    real run, its schedules and the dry run get their plan from."""
+    p = cfg.prune
+    if p.target is None:
+        return plan_filters(model, **filter_options(cfg), example_input=example)
+    kind = "macs" if p.target.macs is not None else "params"
+    fraction = p.target.macs if kind == "macs" else p.target.params
+    size = tuple(example.shape[1:])
+    cost = count_params if kind == "params" else (lambda m: count_macs(m, size))
+    spec = FilterSpec(strategy=p.strategy, skip=list(p.skip), importance=p.importance)
+    plan, before, after = plan_to_target(model, target=fraction, cost=cost, allocation=p.allocation,
+                                         max_ratio=p.max_ratio, spec=spec, example_input=example)
+    print(f"prune.target: {kind} {fraction:g} of {before:,} ({p.allocation} allocation): {after:,} "
+          f"({after / before:.4f}) over {len(plan.groups)} channel groups")
+    return plan

@@ -254,6 +254,17 @@ def _retrain_defaults() -> dict[str, Any]:
     return {"epochs": 0, "lr": 0.001, "schedule": "constant"}
 
 
+def _fraction_or_null(doc: str) -> Any:
+    return _opt(None, doc, check=lambda v: v is None or 0 < v < 1, expect="a fraction in (0, 1) or null")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    macs: float | None = _fraction_or_null("The pruned model's multiply-accumulates as a fraction of the "
+                                           "original's (one forward pass at the traced input size).")
+    params: float | None = _fraction_or_null("The pruned model's parameters as a fraction of the original's.")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     method: str = _opt("weight", "Pruning method: `weight` (magnitude weight pruning, Han et al. 2015), `filter` "
@@ -314,6 +325,15 @@ class PruneConfig:
     agp_end: float = _opt(0.75, "`agp`: the fraction of the retraining steps over which the sparsity ramps up; the "
                           "rest trains at the final sparsity.", check=lambda v: 0 < v <= 1,
                           expect="a number in (0, 1]")
+    target: TargetConfig | None = _opt(None, "`filter`: a budget instead of `layers`/`channels`/`ratios`: "
+                                       "`{\"macs\": 0.5}` or `{\"params\": 0.3}` (one of them); the tool finds how "
+                                       "many filters every prunable layer gives (`allocation`) so that the pruned "
+                                       "model meets it within 1%, and reports what it reached.")
+    allocation: str = _opt("global", "`filter` with `target`: `uniform` (the same fraction of every layer) or "
+                           "`global` (one ranking of all channels, each layer's scores divided by their mean so "
+                           "layers of different scale compete fairly).", choices=choices.ALLOCATIONS)
+    max_ratio: float = _opt(0.9, "`filter` with `target`: no layer loses more than this fraction of its filters.",
+                            check=lambda v: 0 < v < 1, expect="a number in (0, 1)")
     latency: bool = _opt(True, "`filter`: time inference of the unpruned and the pruned model side by side for the "
                          "report (batch 1 and 64 on a CPU, 1 and 256 on a GPU: several seconds on a CPU); `false` "
                          "leaves latency out of the report.")

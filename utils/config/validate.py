@@ -36,7 +36,7 @@ _MISSING = dataclasses.MISSING
 # ``prune`` keys that choose layers or filters, with the methods that read them. ``weight`` pruning prunes every conv
 # and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
 _LAYER_SPEC_METHODS = {"layers": ("filter", "sensitivity"), "skip": ("filter", "sensitivity"), "channels": ("filter",),
-                       "ratios": ("filter",)}
+                       "ratios": ("filter",), "target": ("filter",)}
 
 
 def _finite(value: float) -> bool:
@@ -123,6 +123,8 @@ class _Validator:
             values[name] = self.field_value(f, hints[name], value, key)
         if cls is PruneConfig and values.get("method", "weight") == "weight":
             self.check_weight_pruning(values, prefix)
+        if cls is PruneConfig and values.get("target") is not None:
+            self.check_target(values, prefix)
         if cls is ExperimentConfig:
             self.check_schedule(values["prune"], values["retrain"])
         return cls(**values)
@@ -176,6 +178,17 @@ class _Validator:
             raise self.fail("retrain.epochs", f"{epochs} is the total retraining budget of the {rounds} rounds of "
                             f'prune.schedule "iterative" and must split evenly over them; set retrain.epochs to '
                             f"{options}, or prune.rounds to a divisor of {epochs}")
+
+    def check_target(self, values: dict[str, Any], prefix: str) -> None:
+        """A budget names one cost, and decides the counts itself: layers, channels and ratios would be ignored."""
+        target, key = values["target"], join_key(prefix, "target")
+        if (target.macs is None) == (target.params is None):
+            raise self.fail(key, 'expected one of {"macs": FRACTION} or {"params": FRACTION}, got '
+                                 f'{json.dumps({k: v for k, v in vars(target).items() if v is not None})}')
+        for name in ("layers", "channels", "ratios"):
+            if values.get(name):
+                raise self.fail(join_key(prefix, name), f"{key} decides how many filters each layer gives; remove "
+                                                        f"{join_key(prefix, name)} (prune.skip leaves layers out)")
 
     def check_weight_pruning(self, values: dict[str, Any], prefix: str) -> None:
         """A layer or filter choice that ``prune.method`` "weight" would ignore is an error (_LAYER_SPEC_METHODS)."""
