@@ -3,8 +3,12 @@ allocations, on several architectures; no group loses more than max_ratio; the m
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from test_runner import PRUNER, run_script, succeeded, write_config
 
 from models import get_model
 from models.sources import build_arch
@@ -76,3 +80,21 @@ def test_prune_target_in_the_experiment_file_reaches_the_pruned_model(capsys: py
     with pytest.raises(UserError, match=r"prune.ratios: prune.target decides how many filters each layer gives"):
         from_dict({"name": "t", "model": {"arch": "resnet20"},
                    "prune": {"method": "filter", "target": {"params": 0.5}, "ratios": [0.3]}})
+
+
+@pytest.mark.slow
+def test_from_scratch_prunes_a_fresh_model_and_trains_it(tmp_path: Path) -> None:
+    """Liu et al. 2019's baseline: no checkpoint, prune.from_scratch; the pruned architecture is trained, not the
+    original's weights fine-tuned. Without the key the same file is refused (tests/test_bad_inputs.py)."""
+    config = write_config(tmp_path / "scratch.json", name="scratch", seed=0,
+                          data={"name": "digits", "batch_size": 64, "workers": 0},
+                          model={"arch": "resnet20", "shortcut": "B"},
+                          prune={"method": "filter", "target": {"params": 0.5}, "from_scratch": True,
+                                 "latency": False},
+                          retrain={"epochs": 1, "lr": 0.05, "schedule": "constant"},
+                          output={"dir": str(tmp_path / "runs")})
+    run = succeeded(run_script(PRUNER, "--json", str(config), cwd=tmp_path))
+    results = json.loads((tmp_path / "runs" / "scratch" / "results.json").read_text())
+    assert 0.49 <= results["after"]["params"] / results["before"]["params"] <= 0.5
+    assert results["after"]["top1"] > results["pruned_before_retraining"]["top1"] + 10  # trained, from chance
+    assert "prune.target: params 0.5" in run.stdout

@@ -51,9 +51,10 @@ def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int |
     if cfg.prune.method not in METHODS:
         raise UserError(f"prune.method: unknown method {cfg.prune.method!r}; known: {', '.join(METHODS.names())}")
     check_export(cfg, export)
-    if cfg.model.checkpoint is None and not cfg.model.pretrained:
+    if cfg.model.checkpoint is None and not cfg.model.pretrained and not cfg.prune.from_scratch:
         raise UserError("pruning needs trained weights: set model.checkpoint (e.g. checkpoints/<run>/best.pth) or "
-                        "model.pretrained: true for torchvision and timm models")
+                        "model.pretrained: true for torchvision and timm models (or prune.from_scratch: true to "
+                        "prune a freshly initialised model and train it)")
     if resume is not None:
         run = open_run_to_resume(resume, cfg)
     device = select_device(gpu)

@@ -334,6 +334,10 @@ class PruneConfig:
                            "layers of different scale compete fairly).", choices=choices.ALLOCATIONS)
     max_ratio: float = _opt(0.9, "`filter` with `target`: no layer loses more than this fraction of its filters.",
                             check=lambda v: 0 < v < 1, expect="a number in (0, 1)")
+    from_scratch: bool = _opt(False, "`filter`/`weight`: prune a freshly initialised model instead of trained weights "
+                              "and train it for `retrain.epochs` (Liu et al. 2019's 'train the pruned architecture "
+                              "from scratch' baseline). Without it, pruning refuses a model with no "
+                              "`model.checkpoint` or `model.pretrained`.")
     latency: bool = _opt(True, "`filter`: time inference of the unpruned and the pruned model side by side for the "
                          "report (batch 1 and 64 on a CPU, 1 and 256 on a GPU: several seconds on a CPU); `false` "
                          "leaves latency out of the report.")

@@ -127,6 +127,7 @@ class _Validator:
             self.check_target(values, prefix)
         if cls is ExperimentConfig:
             self.check_schedule(values["prune"], values["retrain"])
+            self.check_from_scratch(values)
         return cls(**values)
 
     def reject_unknown(self, raw: dict[str, Any], fields: Collection[str], prefix: str) -> None:
@@ -157,6 +158,21 @@ class _Validator:
             # No path or name can hold one (the OS refuses it with a ValueError), and the terminal would not show it.
             raise self.fail(key, f"{_shown(value)} holds a NUL character (\\u0000); remove it")
         return converted
+
+    def check_from_scratch(self, values: dict[str, Any]) -> None:
+        """``prune.from_scratch`` starts from random weights and must train them: no weights given, some epochs."""
+        prune, model, retrain = values["prune"], values["model"], values["retrain"]
+        if not prune.from_scratch:
+            return
+        if model.checkpoint is not None or model.pretrained:
+            given = "model.checkpoint" if model.checkpoint is not None else "model.pretrained"
+            raise self.fail("prune.from_scratch", f"prunes a freshly initialised model, and {given} gives it weights; "
+                                                  f"remove one of them")
+        if prune.method == "sensitivity" or retrain.epochs == 0:
+            what = 'prune.method "sensitivity" does not train' if prune.method == "sensitivity" else \
+                "retrain.epochs is 0"
+            raise self.fail("prune.from_scratch", f"the pruned architecture is trained from scratch, and {what}; "
+                                                  "set retrain.epochs (and a training lr) or remove prune.from_scratch")
 
     def check_schedule(self, prune: PruneConfig, retrain: OptimConfig) -> None:
         """A schedule that cannot run with the rest of the file: an error before any work (the rest at run time)."""
