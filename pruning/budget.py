@@ -6,6 +6,10 @@ A user states a budget ("half the MACs") instead of a count per layer. :func:`pl
 as close to it as the channels allow. Two allocations:
 
 * ``uniform``: the same fraction of every group, the smallest fraction that meets the target;
+* ``sensitivity``: from a sensitivity sweep of this tool (each layer pruned alone, top-1 at each ratio): for an
+  accuracy drop ``d``, every measured layer gives the fraction at which its curve drops ``d`` points (linearly
+  between the measured ratios), so the least sensitive layers give most; ``d`` is the smallest drop that meets the
+  target. Layers the sweep did not measure (those that cannot be pruned alone, such as residual groups) give none;
 * ``global``: one ranking of all channels across groups. A criterion's scores are on each layer's own scale
   (a 3x3 conv over 512 inputs sums 4608 weights, a 1x1 over 16 sums 16), so each group's scores are divided by
   their mean before they compete: a channel is ranked by how it compares with its own layer's channels, the
@@ -32,7 +36,10 @@ from utils.core.errors import UserError
 
 __all__ = ["ALLOCATIONS", "plan_to_target"]
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "sensitivity")
+
+Curve = tuple[Sequence[float], Sequence[float], int]
+"""A layer's sensitivity: the ratios measured, the top-1 drop (points) at each, and the layer's filters then."""
 
 Cost = Callable[[nn.Module], int]
 
@@ -69,7 +76,13 @@ def _uniform(search: _Search, goal: float) -> dict[int, int]:
     for _ in range(16):
         middle = (low + high) / 2
         low, high = (low, middle) if search.cost_after(counts(middle)) <= goal else (middle, high)
-    below, above = counts(low), counts(high)
+    return _fill(search, goal, counts(low), counts(high))
+
+
+def _fill(search: _Search, goal: float, below: dict[int, int], above: dict[int, int]) -> dict[int, int]:
+    """Between counts that miss ``goal`` (``below``) and counts that meet it (``above``), where several groups change
+    at once: the fewest of them (largest first) that take their higher count and still meet it."""
+    groups = search.plan.graph.groups
     moving = sorted((i for i in above if above[i] != below[i]), key=lambda i: -groups[i].channels)
     first, last = 0, len(moving)  # how many of ``moving`` take their higher count
     while first < last:
@@ -77,6 +90,40 @@ def _uniform(search: _Search, goal: float) -> dict[int, int]:
         mixed = {**below, **{i: above[i] for i in moving[:middle]}}
         first, last = (first, middle) if search.cost_after(mixed) <= goal else (middle + 1, last)
     return {**below, **{i: above[i] for i in moving[:first]}}
+
+
+def _ratio_at(curve: Curve, drop: float) -> float:
+    """The largest fraction whose interpolated drop is at most ``drop`` (the curve made non-decreasing first)."""
+    ratios, drops = [0.0, *curve[0]], [0.0, *curve[1]]  # nothing removed, nothing lost
+    envelope = [max(drops[: i + 1]) for i in range(len(drops))]
+    best = 0.0
+    for i in range(1, len(ratios)):
+        if envelope[i] <= drop:
+            best = ratios[i]
+            continue
+        if envelope[i - 1] <= drop:  # the curve crosses ``drop`` between the two measured ratios
+            share = (drop - envelope[i - 1]) / (envelope[i] - envelope[i - 1])
+            best = ratios[i - 1] + (ratios[i] - ratios[i - 1]) * share
+        break
+    return best
+
+
+def _sensitive(search: _Search, goal: float, curves: dict[int, Curve]) -> dict[int, int]:
+    """The smallest accuracy drop at which every measured group, pruned to where its curve reaches it, meets
+    ``goal`` (then :func:`_fill`, as layers with the same curve move together)."""
+    groups = search.plan.graph.groups
+
+    def counts(drop: float) -> dict[int, int]:
+        return {i: min(filters_to_remove(groups[i].channels, _ratio_at(curve, drop)), search.cap[i])
+                for i, curve in curves.items()}
+
+    low, high = 0.0, max((max(c[1]) for c in curves.values()), default=0.0) + 1.0
+    if search.cost_after(counts(high)) > goal:
+        return counts(high)
+    for _ in range(20):
+        middle = (low + high) / 2
+        low, high = (low, middle) if search.cost_after(counts(middle)) <= goal else (middle, high)
+    return _fill(search, goal, counts(low), counts(high))
 
 
 def _global(search: _Search, goal: float) -> dict[int, int]:
@@ -100,11 +147,12 @@ def _global(search: _Search, goal: float) -> dict[int, int]:
 
 
 def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: str = "global",
-                   max_ratio: float = 0.9, spec: FilterSpec | None = None,
-                   example_input: torch.Tensor | None = None) -> tuple[FilterPlan, int, int]:
+                   max_ratio: float = 0.9, spec: FilterSpec | None = None, example_input: torch.Tensor | None = None,
+                   sensitivity: dict[str, Curve] | None = None) -> tuple[FilterPlan, int, int]:
     """A plan whose pruned model costs at most ``target`` times what ``model`` costs, by ``cost`` (MACs or
     parameters of a model); returns ``(plan, cost before, cost after)``. ``spec`` gives the criterion, the strategy
-    and the layers to ``skip``; its ``layers``, ``channels`` and ``ratios`` are not used (the target decides)."""
+    and the layers to ``skip``; its ``layers``, ``channels`` and ``ratios`` are not used (the target decides).
+    ``sensitivity``: ``{layer name: curve}`` for the ``sensitivity`` allocation."""
     if not 0 < target < 1:
         raise UserError(f"prune.target: expected a fraction in (0, 1) of the model's cost, got {target!r}")
     if allocation not in ALLOCATIONS:
@@ -120,7 +168,10 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
                               if group.prunable and i not in skipped})
     before = cost(model)
     search = _Search(model, plan, cost, max_ratio)
-    counts = (_uniform if allocation == "uniform" else _global)(search, target * before)
+    if allocation == "sensitivity":
+        counts = _sensitive(search, target * before, _curves_by_group(plan, sensitivity))
+    else:
+        counts = (_uniform if allocation == "uniform" else _global)(search, target * before)
     after = search.cost_after(counts)
     if after > target * before:
         raise UserError(f"prune.target: {target:g} of the model's cost cannot be reached with prune.max_ratio "
@@ -129,6 +180,25 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
     chosen = FilterPlan(graph=plan.graph, names=plan.names, strategy=plan.strategy, importance=plan.importance,
                         groups={i: (plan.groups[i][0], n) for i, n in counts.items() if n})
     return chosen, before, after
+
+
+def _curves_by_group(plan: FilterPlan, sensitivity: dict[str, Curve] | None) -> dict[int, Curve]:
+    """Each measured layer's curve under the index of the one group it writes (a planned group)."""
+    if not sensitivity:
+        raise UserError("prune.allocation: sensitivity needs the curves of a sensitivity run of this model "
+                        "(prune.sensitivity_file)")
+    curves = {}
+    for layer, curve in sensitivity.items():
+        module = plan.names.module(plan.names.resolve(layer, key="prune.sensitivity_file")[0])
+        for index in plan.graph.writes.get(module, ()):
+            group = plan.graph.groups[index]
+            filters = group.channels * group.filters_per_unit(module)
+            if filters != curve[2]:
+                raise UserError(f"prune.sensitivity_file: {layer} had {curve[2]} filters in the sensitivity run and "
+                                f"has {filters} in this model: the file was measured on another model")
+            if index in plan.groups:
+                curves[index] = curve
+    return curves
 
 
 def _layers(plan: FilterPlan, index: int) -> Sequence[str]:

@@ -60,7 +60,9 @@ def test_bad_targets_are_one_line() -> None:
     x = torch.zeros(1, 3, 32, 32)
     with pytest.raises(UserError, match=r"prune.target: expected a fraction in \(0, 1\)"):
         plan_to_target(model, target=1.5, cost=count_params, example_input=x)
-    with pytest.raises(UserError, match=r"prune.allocation: expected one of uniform, global"):
+    with pytest.raises(UserError, match=r"prune.allocation: expected one of uniform, global, sensitivity"):
+        plan_to_target(model, target=0.5, cost=count_params, allocation="hessian", example_input=x)
+    with pytest.raises(UserError, match=r"prune.allocation: sensitivity needs the curves of a sensitivity run"):
         plan_to_target(model, target=0.5, cost=count_params, allocation="sensitivity", example_input=x)
     with pytest.raises(UserError, match=r"prune.target: 0.01 of the model's cost cannot be reached with "
                                         r"prune.max_ratio 0.5"):
@@ -98,3 +100,37 @@ def test_from_scratch_prunes_a_fresh_model_and_trains_it(tmp_path: Path) -> None
     assert 0.49 <= results["after"]["params"] / results["before"]["params"] <= 0.5
     assert results["after"]["top1"] > results["pruned_before_retraining"]["top1"] + 10  # trained, from chance
     assert "prune.target: params 0.5" in run.stdout
+
+
+def _sensitivity_file(path: Path, layers: dict[str, tuple[int, float]]) -> Path:
+    """A sensitivity.json as a sensitivity run writes it: ``{layer: (filters, top-1 lost per unit of ratio)}``."""
+    ratios = [0.1, 0.3, 0.5, 0.7, 0.9]
+    curves = {layer: {"filters": filters, "top1": [90.0 - slope * r for r in ratios]}
+              for layer, (filters, slope) in layers.items()}
+    path.write_text(json.dumps({"baseline": {"top1": 90.0}, "ratios": ratios, "layers": curves}), encoding="utf-8")
+    return path
+
+
+def test_sensitivity_allocation_takes_most_from_the_least_sensitive_layers(tmp_path: Path) -> None:
+    # Synthetic curves (the allocation is what is tested, not a measurement): conv2 loses nothing however much it
+    # loses, conv4 a lot; the other block-first convs of resnet20 in between.
+    layers = {f"conv{i}": (16 if i <= 6 else 32 if i <= 12 else 64, 10.0) for i in range(2, 19, 2)}
+    layers["conv2"], layers["conv4"] = (16, 0.0), (16, 60.0)
+    path = _sensitivity_file(tmp_path / "sensitivity.json", layers)
+    cfg = from_dict({"name": "t", "model": {"arch": "resnet20"},
+                     "prune": {"method": "filter", "target": {"params": 0.8}, "allocation": "sensitivity",
+                               "sensitivity_file": str(path)}})
+    model = get_model("resnet20").eval()
+    pruned, outcome = prepare_pruning(cfg, model, torch.zeros(1, 3, 32, 32))
+    assert 0.79 <= count_params(pruned) / count_params(model) <= 0.8
+    lost = {layer: 1 - after / before for layer, (before, after) in outcome.widths.items()}
+    assert lost["conv2"] >= lost["conv6"] >= lost.get("conv4", 0.0) and lost["conv2"] > lost.get("conv4", 0.0)
+
+    other = _sensitivity_file(tmp_path / "other.json", {"conv2": (64, 1.0)})
+    for file, message in ((other, r"conv2 had 64 filters in the sensitivity run and has 16 in this model"),
+                          (tmp_path / "none.json", r"none.json does not exist; run prune.method sensitivity")):
+        bad = from_dict({"name": "t", "model": {"arch": "resnet20"},
+                         "prune": {"method": "filter", "target": {"params": 0.8}, "allocation": "sensitivity",
+                                   "sensitivity_file": str(file)}})
+        with pytest.raises(UserError, match=message):
+            prepare_pruning(bad, model, torch.zeros(1, 3, 32, 32))

@@ -3,8 +3,10 @@ built once by :func:`utils.app.pruner_main.main`, the registry of runners (``pru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from utils.app.setup import Data, make_visdom
 from utils.checkpoint.format import make_checkpoint
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
 from utils.config.schema import ExperimentConfig, OptimConfig
+from utils.core.errors import UserError
 from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
 from utils.core.rundir import RunDir
@@ -133,8 +136,25 @@ def filter_plan(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) 
     size = tuple(example.shape[1:])
     cost = count_params if kind == "params" else (lambda m: count_macs(m, size))
     spec = FilterSpec(strategy=p.strategy, skip=list(p.skip), importance=p.importance)
+    curves = sensitivity_curves(p.sensitivity_file) if p.sensitivity_file else None
     plan, before, after = plan_to_target(model, target=fraction, cost=cost, allocation=p.allocation,
-                                         max_ratio=p.max_ratio, spec=spec, example_input=example)
+                                         max_ratio=p.max_ratio, spec=spec, example_input=example, sensitivity=curves)
     print(f"prune.target: {kind} {fraction:g} of {before:,} ({p.allocation} allocation): {after:,} "
           f"({after / before:.4f}) over {len(plan.groups)} channel groups")
     return plan
+
+
+def sensitivity_curves(path: str) -> dict[str, tuple[list[float], list[float], int]]:
+    """``{layer: (ratios, top-1 drops, filters)}`` from the ``sensitivity.json`` of a sensitivity run; a file that is
+    missing or not one is one line."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        base, ratios = float(data["baseline"]["top1"]), [float(r) for r in data["ratios"]]
+        return {str(layer): (ratios, [base - float(t) for t in curve["top1"]], int(curve["filters"]))
+                for layer, curve in data["layers"].items()}
+    except FileNotFoundError:
+        raise UserError(f"prune.sensitivity_file: {path} does not exist; run prune.method sensitivity on this model "
+                        "first and give its sensitivity.json") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"prune.sensitivity_file: {path} is not the sensitivity.json of a sensitivity run "
+                        f"({type(exc).__name__}: {exc})") from None

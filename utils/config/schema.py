@@ -329,9 +329,13 @@ class PruneConfig:
                                        "`{\"macs\": 0.5}` or `{\"params\": 0.3}` (one of them); the tool finds how "
                                        "many filters every prunable layer gives (`allocation`) so that the pruned "
                                        "model meets it within 1%, and reports what it reached.")
-    allocation: str = _opt("global", "`filter` with `target`: `uniform` (the same fraction of every layer) or "
+    allocation: str = _opt("global", "`filter` with `target`: `uniform` (the same fraction of every layer), "
                            "`global` (one ranking of all channels, each layer's scores divided by their mean so "
-                           "layers of different scale compete fairly).", choices=choices.ALLOCATIONS)
+                           "layers of different scale compete fairly) or `sensitivity` (from `sensitivity_file`: "
+                           "each layer gives what costs the same top-1 drop, the least sensitive most).",
+                           choices=choices.ALLOCATIONS)
+    sensitivity_file: str | None = _opt(None, "`filter` with `allocation: sensitivity`: the `sensitivity.json` of a "
+                                        "`sensitivity` run of this model.")
     max_ratio: float = _opt(0.9, "`filter` with `target`: no layer loses more than this fraction of its filters.",
                             check=lambda v: 0 < v < 1, expect="a number in (0, 1)")
     from_scratch: bool = _opt(False, "`filter`/`weight`: prune a freshly initialised model instead of trained weights "

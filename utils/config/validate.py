@@ -125,6 +125,9 @@ class _Validator:
             self.check_weight_pruning(values, prefix)
         if cls is PruneConfig and values.get("target") is not None:
             self.check_target(values, prefix)
+        elif cls is PruneConfig and values.get("sensitivity_file") is not None:
+            raise self.fail(join_key(prefix, "sensitivity_file"), "is only used by prune.allocation sensitivity "
+                                                                  "with a prune.target; remove it or set both")
         if cls is ExperimentConfig:
             self.check_schedule(values["prune"], values["retrain"])
             self.check_from_scratch(values)
@@ -201,6 +204,9 @@ class _Validator:
         if (target.macs is None) == (target.params is None):
             raise self.fail(key, 'expected one of {"macs": FRACTION} or {"params": FRACTION}, got '
                                  f'{json.dumps({k: v for k, v in vars(target).items() if v is not None})}')
+        if (values.get("allocation") == "sensitivity") != (values.get("sensitivity_file") is not None):
+            raise self.fail(join_key(prefix, "sensitivity_file"), "is needed by prune.allocation sensitivity, and "
+                                                                  "used by nothing else: set both or neither")
         for name in ("layers", "channels", "ratios"):
             if values.get(name):
                 raise self.fail(join_key(prefix, name), f"{key} decides how many filters each layer gives; remove "

@@ -26,7 +26,7 @@ FILTER_STRATEGIES = ("independent", "greedy")
 # prune.importance: how filter pruning scores channels (pruning.importance's registry)
 FILTER_IMPORTANCES = ("l1", "l2", "fpgm", "bn_scale", "random")
 # prune.allocation: how a prune.target is spread over the layers (pruning.budget.ALLOCATIONS)
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "sensitivity")
 # prune.schedule: when pruning happens (pruning.schedule.SCHEDULES)
 PRUNE_SCHEDULES = ("one_shot", "iterative", "agp")
 
