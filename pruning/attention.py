@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ATTENTION", "MHA_SLICES", "AttentionHeads", "count_heads", "head_rows", "head_slices", "param_at",
-           "slice_heads"]
+__all__ = ["ATTENTION", "MHA_SLICES", "AttentionHeads", "copy_heads", "count_heads", "head_rows", "head_slices",
+           "param_at", "slice_heads"]
 
 
 class AttentionHeads(nn.Module):
@@ -143,17 +143,25 @@ def slice_heads(old: nn.Module, drop: set[int]) -> AttentionHeads:
                                                    old.add_zero_attn):
         raise TypeError("attention with key/value widths other than the query's, bias_k/bias_v or add_zero_attn "
                         "is not pruned by heads")
-    kept = [h for h in range(old.num_heads) if h not in drop]
-    (_, _, rows), *_, (_, _, columns) = head_slices(old, kept)
     weight = old.in_proj_weight
-    new = AttentionHeads(old.embed_dim, len(kept), old.head_dim, bias=old.in_proj_bias is not None,
+    new = AttentionHeads(old.embed_dim, old.num_heads - len(drop), old.head_dim, bias=old.in_proj_bias is not None,
                          dropout=old.dropout, batch_first=old.batch_first, device=weight.device, dtype=weight.dtype)
-    new.in_proj_weight.copy_(weight[rows])
-    if old.in_proj_bias is not None:
-        new.in_proj_bias.copy_(old.in_proj_bias[rows])
-        new.out_proj.bias.copy_(old.out_proj.bias)
-    new.out_proj.weight.copy_(old.out_proj.weight[:, columns])
+    return copy_heads(old, new, drop, MHA_SLICES)
+
+
+@torch.no_grad()
+def copy_heads(old: nn.Module, new: nn.Module, drop: set[int], layout: Sequence[tuple[str, int, str]]) -> nn.Module:
+    """Fill ``new`` (``old``'s configuration with fewer heads, the same parameter names) from ``old``: a parameter
+    that holds heads (``layout``) takes the slices of the heads not in ``drop``, any other is copied whole; train
+    mode and ``requires_grad`` follow ``old``."""
+    kept = [h for h in range(count_heads(old)) if h not in drop]
+    sliced = {path: (dim, positions) for path, dim, positions in head_slices(old, kept, layout)}
+    for name, param in new.named_parameters():
+        source = old.get_parameter(name)
+        if name in sliced:
+            dim, positions = sliced[name]
+            source = source.index_select(dim, torch.tensor(positions, dtype=torch.long, device=source.device))
+        param.copy_(source)
+        param.requires_grad_(old.get_parameter(name).requires_grad)
     new.train(old.training)
-    for new_param, old_param in zip(new.parameters(), old.parameters(), strict=True):
-        new_param.requires_grad_(old_param.requires_grad)
     return new

@@ -24,13 +24,16 @@ on a copy, then the counter), so the target holds for the model the run will bui
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from pruning.filter import FilterPlan, FilterSpec, filters_to_remove, plan_every_group
+from pruning.dependency import analyse
+from pruning.filter import FilterPlan, FilterSpec, filters_to_remove
 from pruning.importance import group_scores
+from pruning.naming import layer_names
 from pruning.surgery import remove_units
 from utils.core.errors import UserError
 
@@ -160,12 +163,12 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
     if not 0 < max_ratio < 1:
         raise UserError(f"prune.max_ratio: expected a number in (0, 1), got {max_ratio!r}")
     spec = spec or FilterSpec()
-    full = plan_every_group(model, ratio=0.5, strategy=spec.strategy, importance=spec.importance,
-                            example_input=example_input)
-    skipped = _skipped(full, spec.skip)
-    plan = FilterPlan(graph=full.graph, names=full.names, strategy=spec.strategy, importance=spec.importance,
-                      groups={i: (list(_layers(full, i)), 0) for i, group in enumerate(full.graph.groups)
-                              if group.prunable and i not in skipped})
+    graph = analyse(model, example_input)
+    shell = FilterPlan(graph=graph, names=layer_names(model, graph), groups={}, strategy=spec.strategy,
+                       importance=spec.importance)
+    skipped = _skipped(shell, spec.skip)
+    plan = dataclasses.replace(shell, groups={i: (list(_layers(shell, i)), 0) for i, group in enumerate(graph.groups)
+                                              if group.prunable and i not in skipped})
     before = cost(model)
     search = _Search(model, plan, cost, max_ratio)
     if allocation == "sensitivity":

@@ -47,7 +47,7 @@ def _attention(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> An
     reason = f"{what(node, module)} reads and writes this width (its heads are pruned, not its embedding)"
     ctx.b.block(x, reason)
     ctx.record(str(node.target), "heads", ctx.b.new(count_heads(module)))
-    return ctx.b.new(x.size, blocked=reason).reshape(x.shape), None
+    return ctx.blocked_like(x, reason), None
 
 
 def _passthrough(ctx: TraceContext, node: fx.Node, module: nn.Module | None) -> Any:

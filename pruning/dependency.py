@@ -108,11 +108,7 @@ def _follow(gm: fx.GraphModule, ctx: TraceContext) -> None:
         ctx.position = position
         module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
         if node.op == "placeholder":
-            shape = node_shape(node)
-            ctx.info[node] = None if not shape else \
-                ctx.b.new(shape[1], blocked="its channels are the model's input").reshape(
-                    (1, shape[1]) + (1,) * (len(shape) - 2)) if len(shape) >= 2 else \
-                ctx.fresh(len(shape), "its channels are the model's input")
+            ctx.info[node] = _input_ids(ctx, node_shape(node))
             continue
         if node.op == "output":
             ctx.block_inputs(node, "its channels are the model's output")
@@ -124,6 +120,16 @@ def _follow(gm: fx.GraphModule, ctx: TraceContext) -> None:
             ctx.block_inputs(node, reason)
             for ids in arrays(ctx.info[node]):
                 ctx.b.block(ids, reason)
+
+
+def _input_ids(ctx: TraceContext, shape: tuple[int, ...] | None) -> np.ndarray | None:
+    """The model's input: one blocked unit per channel (axis 1), or one for a tensor without channels."""
+    reason = "its channels are the model's input"
+    if not shape:
+        return None
+    if len(shape) < 2:
+        return ctx.fresh(len(shape), reason)
+    return ctx.b.new(shape[1], blocked=reason).reshape((1, shape[1]) + (1,) * (len(shape) - 2))
 
 
 def _keep_params(ctx: TraceContext) -> None:

@@ -101,7 +101,8 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     """
     graph = graph if graph is not None else analyse(model, example_input)
     names = layer_names(model, graph)
-    group = graph.group_of(names.module(names.resolve(layer)[0]))
+    module = names.module(names.resolve(layer)[0])
+    group = graph.group_of(module)
     if any(member.role == "heads" for member in group.members):
         raise UserError(f"sensitivity.layers: {layer} is an attention layer; the sensitivity sweep prunes channels, "
                         "not attention heads, yet: leave it out of sensitivity.layers")
@@ -133,6 +134,6 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    per = group.filters_per_unit(names.module(names.resolve(layer)[0]))  # filters of the layer, not units
+    per = group.filters_per_unit(module)  # filters of the layer, not units
     return [{"ratio": r, "filters": group.channels * per, "kept": k * per, **m.result()}
             for r, k, m in zip(ratios, kept, meters, strict=True)]

@@ -72,6 +72,10 @@ class TraceContext:
     def fresh(self, ndim: int, reason: str) -> np.ndarray:
         return self.b.new(1, blocked=reason).reshape((1,) * ndim)
 
+    def blocked_like(self, ids: np.ndarray, reason: str) -> np.ndarray:
+        """Fresh blocked ids laid out as ``ids`` (one per channel), so a blocked group still counts its channels."""
+        return self.b.new(ids.size, blocked=reason).reshape(ids.shape)
+
     def tie(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for a, b in pairs:
             self.b.union_arrays(a, b)
@@ -98,10 +102,7 @@ class TraceContext:
         shape = node_shape(node)
         if shape is None:
             return None
-        # An output shaped like an input keeps that input's layout (one blocked id per channel), so a blocked group
-        # still counts its channels; anything else is one blocked id.
+        # An output shaped like an input keeps that input's layout; anything else is one blocked id.
         like = next((ids for arg in node.all_input_nodes if node_shape(arg) == shape
                      for ids in [self.info.get(arg)] if isinstance(ids, np.ndarray)), None)
-        if like is None:
-            return self.fresh(len(shape), reason)
-        return self.b.new(like.size, blocked=reason).reshape(like.shape)
+        return self.fresh(len(shape), reason) if like is None else self.blocked_like(like, reason)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruning.attention import head_slices
+from pruning.attention import copy_heads
 from utils.core.tvguard import torchvision
 
 __all__ = ["GRID_ATTENTION", "GRID_SLICES", "WINDOW_ATTENTION", "WINDOW_SLICES", "GridAttentionHeads",
@@ -122,21 +122,8 @@ WINDOW_ATTENTION = (_swin.ShiftedWindowAttention, WindowAttentionHeads)  # V2 is
 @torch.no_grad()
 def slice_window_heads(old: nn.Module, drop: set[int]) -> WindowAttentionHeads:
     """A :class:`WindowAttentionHeads` holding the heads of ``old`` not in ``drop``."""
-    from_heads = [h for h in range(old.num_heads) if h not in drop]
     head_dim = old.qkv.out_features // 3 // old.num_heads
-    new = WindowAttentionHeads(old, len(from_heads), head_dim)
-    for path, dim, positions in head_slices(old, from_heads, WINDOW_SLICES):
-        source = old.get_parameter(path)
-        index = torch.tensor(positions, dtype=torch.long, device=source.device)
-        new.get_parameter(path).copy_(source.index_select(dim, index))
-    if old.proj.bias is not None:
-        new.proj.bias.copy_(old.proj.bias)
-    if new.v2:
-        new.cpb_mlp[0].load_state_dict(old.cpb_mlp[0].state_dict())
-    new.train(old.training)
-    for name, param in new.named_parameters():
-        param.requires_grad_(old.get_parameter(name).requires_grad)
-    return new
+    return copy_heads(old, WindowAttentionHeads(old, old.num_heads - len(drop), head_dim), drop, WINDOW_SLICES)
 
 
 
@@ -181,13 +168,4 @@ GRID_ATTENTION = (torchvision.models.maxvit.RelativePositionalMultiHeadAttention
 @torch.no_grad()
 def slice_grid_heads(old: nn.Module, drop: set[int]) -> GridAttentionHeads:
     """A :class:`GridAttentionHeads` holding the heads of ``old`` not in ``drop``."""
-    kept = [h for h in range(old.n_heads) if h not in drop]
-    new = GridAttentionHeads(old, len(kept))
-    for path, dim, positions in head_slices(old, kept, GRID_SLICES):
-        source = old.get_parameter(path)
-        new.get_parameter(path).copy_(source.index_select(dim, torch.tensor(positions, device=source.device)))
-    new.merge.bias.copy_(old.merge.bias)
-    new.train(old.training)
-    for name, param in new.named_parameters():
-        param.requires_grad_(old.get_parameter(name).requires_grad)
-    return new
+    return copy_heads(old, GridAttentionHeads(old, old.n_heads - len(drop)), drop, GRID_SLICES)

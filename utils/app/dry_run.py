@@ -76,8 +76,12 @@ def _notes(cfg: ExperimentConfig, checkpoint: str | None, classes: int | None) -
     """What the plan takes differently from the real run, one line each."""
     m, notes = cfg.model, []
     if checkpoint is None:
-        notes.append("random weights: the counts, widths, parameters and MACs are exact; which filters or weights go "
-                     "is not (it follows the trained weights)")
+        if cfg.prune.target is not None and cfg.prune.allocation == "global":  # the ranking spreads the target
+            notes.append("random weights: prune.target is met as the run will meet it, but how many filters each layer "
+                         "gives and which go follow the trained weights (prune.allocation global)")
+        else:
+            notes.append("random weights: the counts, widths, parameters and MACs are exact; which filters or weights "
+                         "go is not (it follows the trained weights)")
         if m.checkpoint is not None and not Path(m.checkpoint).exists():
             notes.append(f"model.checkpoint {m.checkpoint} does not exist (yet): planned without it; the real run "
                          "needs it")
@@ -87,7 +91,7 @@ def _notes(cfg: ExperimentConfig, checkpoint: str | None, classes: int | None) -
         elif m.pretrained:
             notes.append("model.pretrained: the pretrained weights are not loaded here (the counts do not depend on "
                          "them)")
-        else:
+        elif not cfg.prune.from_scratch:
             notes.append("neither model.checkpoint nor model.pretrained is set: the real run needs trained weights")
         if m.num_classes is None and classes is not None and "num_classes" in arch_options(m.arch):
             notes.append(f"{classes} classes (model.arch's default; the real run takes the dataset's: set "
