@@ -36,6 +36,7 @@ from pruning.filter import FilterPlan, remove_filters, select_filters
 from pruning.weight import KINDS, compute_masks, prunable_weights
 from utils.app.layer_list import blocked_reasons, check_takes, planning_model, trace_size
 from utils.app.session import filter_plan
+from utils.app.setup import seed_everything
 from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
 from utils.core.files import atomic_write_bytes
@@ -110,6 +111,7 @@ def make_plan(cfg: ExperimentConfig) -> dict[str, Any]:
     refuse is the UserError the run would raise."""
     method = cfg.prune.method
     planner = _planner(method)
+    seed_everything(cfg.seed)  # random weights drawn from the run's seed: the same plan every time
     model, checkpoint = planning_model(cfg)
     size, why = trace_size(cfg, model)
     example = torch.zeros(1, *size)
