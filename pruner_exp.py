@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def cli() -> int:
     args = get_args_parser().parse_args()
     check_dry_run_arguments(args)
-    from utils.config.schema import repeated_ratio
+    from utils.config.bounds import repeated_ratio
     from utils.config.validate import load_config
 
     overrides = list(args.overrides)

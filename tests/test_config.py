@@ -402,7 +402,7 @@ def test_seed_range_is_every_seed_whose_epochs_torch_takes():
     either end does not even seed epoch 0: the range is every seed that works."""
     import torch
 
-    from utils.config.schema import MAX_EPOCHS, SEED_RANGE
+    from utils.config.bounds import MAX_EPOCHS, SEED_RANGE
     from utils.data.sampling import epoch_seed
 
     low, high = SEED_RANGE
@@ -417,7 +417,7 @@ def test_seed_range_is_every_seed_whose_epochs_torch_takes():
 
 def test_largest_values_are_accepted(tmp_path: Path):
     """The upper bounds are inclusive: the largest value of each key loads."""
-    from utils.config.schema import MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_NAME_BYTES, MAX_WORKERS
+    from utils.config.bounds import MAX_BATCH, MAX_CLASSES, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_NAME_BYTES, MAX_WORKERS
 
     cfg = from_dict(with_values(name="\u00e9" * (MAX_NAME_BYTES // 2), data={
         "batch_size": MAX_BATCH, "test_batch_size": MAX_BATCH, "workers": MAX_WORKERS, "image_size": MAX_IMAGE_SIZE},
