@@ -93,7 +93,9 @@ def test_from_scratch_prunes_a_fresh_model_and_trains_it(tmp_path: Path) -> None
                           model={"arch": "resnet20", "shortcut": "B"},
                           prune={"method": "filter", "target": {"params": 0.5}, "from_scratch": True,
                                  "latency": False},
-                          retrain={"epochs": 1, "lr": 0.05, "schedule": "constant"},
+                          # at lr 0.05 the one epoch reaches 46% on the training batches but tests at chance (loss
+                          # 40: the BatchNorm running statistics trail weights that move that fast)
+                          retrain={"epochs": 1, "lr": 0.02, "schedule": "constant"},
                           output={"dir": str(tmp_path / "runs")})
     run = succeeded(run_script(PRUNER, "--json", str(config), cwd=tmp_path))
     results = json.loads((tmp_path / "runs" / "scratch" / "results.json").read_text())
