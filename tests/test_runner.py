@@ -232,7 +232,8 @@ def test_training_run_writes_config_metrics_and_checkpoints(baseline: Run, work:
     assert config["output"] == {"dir": "runs", "overwrite": False}
     assert config["retrain"] == {"epochs": 0, "lr": 0.001, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
                                  "schedule": "constant", "milestones": [], "gamma": 0.1, "amp": None,
-                                 "channels_last": False, "compile": False, "sync_bn": False}  # defaults resolved
+                                 "channels_last": False, "compile": False, "sync_bn": False, "bn_l1": 0.0,
+                                 "distill": None}  # defaults resolved
     commit = config["provenance"]["git_commit"]
     assert commit.removesuffix("-dirty") == git_head()
     assert config["provenance"]["device"].startswith("cpu")

@@ -26,6 +26,8 @@ from utils.app.session import (
     agp_plan_for,
     example_input,
     filter_plan,
+    loss_suffix,
+    retrain_loss_record,
     schedule_record,
     schedule_title,
 )
@@ -241,14 +243,15 @@ def run_filter(s: Session) -> None:
     rounds = format_filter_rounds(done.extra.get("rounds", []))
     criterion = "L1-norm" if cfg.prune.importance == "l1" else cfg.prune.importance
     markdown = (f"## {cfg.name}: {cfg.model.arch}, {criterion} filter pruning ({cfg.prune.strategy})"
-                f"{schedule_title(cfg)}\n\n{table}\n{rounds}")
+                f"{schedule_title(cfg)}{loss_suffix(cfg.retrain)}\n\n{table}\n{rounds}")
     if rounds:
         print(rounds)
     results = {
         "name": cfg.name, "arch": cfg.model.arch, "method": "filter", "strategy": cfg.prune.strategy,
         "importance": cfg.prune.importance,
         "target": dataclasses.asdict(cfg.prune.target) if cfg.prune.target is not None else None,
-        "schedule": schedule_record(cfg), "before": before, "after": after, "reduction_percent": change,
+        "schedule": schedule_record(cfg), "retrain_loss": retrain_loss_record(cfg.retrain),
+        "before": before, "after": after, "reduction_percent": change,
         "pruned_before_retraining": pruned, "average_top1_last_epochs": average,
         "widths": {k: list(v) for k, v in outcome.widths.items()}, "removed": outcome.removed,
         "checkpoint": done.checkpoint, **done.extra, "provenance": s.config["provenance"], "seed": cfg.seed,

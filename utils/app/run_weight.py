@@ -27,6 +27,8 @@ from utils.app.session import (
     METHODS,
     Session,
     agp_plan_for,
+    loss_suffix,
+    retrain_loss_record,
     schedule_record,
     schedule_title,
 )
@@ -83,12 +85,14 @@ def _write_weight_results(s: Session, baseline: dict[str, Any], rows: list[dict[
     table += format_export_sweep_rows(rows)
     layer_table = format_layer_sweep_table(rows)
     title = f"## {cfg.name}: {cfg.model.arch}, weight pruning, scope {cfg.prune.scope}{schedule_title(cfg)}"
+    title += loss_suffix(cfg.retrain)
     rounds = format_rounds_tables(rows)
     encodings = format_encoding_tables(rows)
     s.run.write_text("results.md", f"{title}\n\n{table}\n\n{rounds}### Per-layer sparsity (%)\n\n{layer_table}\n"
                                    f"{encodings}")
     s.run.write_json("results.json", {"name": cfg.name, "arch": cfg.model.arch, "method": "weight",
                                       "scope": cfg.prune.scope, "schedule": schedule_record(cfg),
+                                      "retrain_loss": retrain_loss_record(cfg.retrain),
                                       "baseline": baseline, "rows": rows,
                                       "provenance": s.config["provenance"], "seed": cfg.seed})
     return table, f"\n{title}\n\n{table}\n\n{rounds}Per-layer sparsity (%):\n\n{layer_table}\n{encodings}"

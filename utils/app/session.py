@@ -18,7 +18,7 @@ from pruning.schedule import agp_plan
 from utils.app.setup import Data, make_visdom
 from utils.checkpoint.format import make_checkpoint
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
-from utils.config.schema import ExperimentConfig, OptimConfig
+from utils.config.schema import ExperimentConfig, RetrainConfig
 from utils.core.errors import UserError
 from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
@@ -27,6 +27,7 @@ from utils.report.profile import count_macs, count_params
 from utils.train.engine import evaluate
 from utils.train.fit import FitResult, Loaders, RunTarget, ScheduleHooks, fit, resume_point
 from utils.train.interrupt import RunInterrupted
+from utils.train.losses import frozen_teacher
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Session:
         return evaluate(model, self.data.test_loader, nn.CrossEntropyLoss(), self.device, desc=desc)
 
     def finetune(self, model: nn.Module, *, run: RunDir, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
-                 prefix: str = "", extra: dict[str, Any] | None = None, optim: OptimConfig | None = None,
+                 prefix: str = "", extra: dict[str, Any] | None = None, optim: RetrainConfig | None = None,
                  schedule: ScheduleHooks | None = None) -> FitResult:
         """Retrain ``model`` (``optim``: default ``retrain``) into ``run``; the rest goes to :func:`fit`
         (``schedule``: a pruning schedule's step hook and epochs, :class:`~utils.train.fit.ScheduleHooks`).
@@ -65,14 +66,17 @@ class Session:
             masks = resume.get("masks") or None
             print(resume_point(run / "last.pth", resume))
         print(f"Retraining for {optim.epochs} epochs (lr {optim.lr:g}"
-              + ("; pruned weights held at zero)" if masks else ")"))
+              + ("; pruned weights held at zero" if masks else "") + f"; loss: {loss_title(optim)})")
+        # The teacher is the model as loaded, never the checkpoint resumed from: the runners prune copies of it.
+        teacher = None if optim.distill is None else frozen_teacher(
+            self.loaded.model, alpha=optim.distill.alpha, temperature=optim.distill.temperature)
         try:
             target = RunTarget(run=run, arch=arch, config=self.config, seed=cfg.seed, metrics_run=self.run,
                                extra_record=extra, print_freq=cfg.print_freq,
                                visdom=make_visdom(cfg, self.logger.active, title_prefix=prefix))
-            return fit(model, loaders=Loaders(train=self.data.train_loader, test=self.data.test_loader),
-                       optim=optim, device=self.device, target=target, masks=masks, resume=resume,
-                       schedule=schedule)
+            loaders = Loaders(train=self.data.train_loader, test=self.data.test_loader, teacher=teacher)
+            return fit(model, loaders=loaders, optim=optim, device=self.device, target=target, masks=masks,
+                       resume=resume, schedule=schedule)
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
@@ -112,6 +116,36 @@ def schedule_record(cfg: ExperimentConfig) -> dict[str, Any]:
     elif p.schedule == "agp":
         record.update(frequency=p.frequency, agp_end=p.agp_end)
     return record
+
+
+def retrain_loss_record(retrain: RetrainConfig) -> str | dict[str, Any]:
+    """What ``results.json`` says the retraining minimised: ``"cross-entropy"``, or the distillation and BatchNorm L1
+    settings that changed it."""
+    if retrain.distill is None and not retrain.bn_l1:
+        return "cross-entropy"
+    record: dict[str, Any] = {"name": "distillation" if retrain.distill is not None else "cross-entropy"}
+    if retrain.distill is not None:
+        record.update(alpha=retrain.distill.alpha, temperature=retrain.distill.temperature,
+                      teacher="the unpruned model")
+    if retrain.bn_l1:
+        record["bn_l1"] = retrain.bn_l1
+    return record
+
+
+def loss_title(retrain: RetrainConfig) -> str:
+    """The retraining loss in words, for the line that starts a retraining."""
+    text = "cross-entropy"
+    if retrain.distill is not None:
+        text = (f"distillation from the unpruned model (alpha {retrain.distill.alpha:g}, temperature "
+                f"{retrain.distill.temperature:g})")
+    return text + (f" + {retrain.bn_l1:g} x BatchNorm L1" if retrain.bn_l1 else "")
+
+
+def loss_suffix(retrain: RetrainConfig) -> str:
+    """The retraining loss for a results title: nothing for plain cross-entropy."""
+    if retrain.epochs == 0 or (retrain.distill is None and not retrain.bn_l1):
+        return ""
+    return f", retrained with {loss_title(retrain)}"
 
 
 def example_input(input_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:

@@ -27,6 +27,8 @@ SEED_RANGE = (-(2**63 // choices.SEED_STRIDE), (2**64 - MAX_EPOCHS) // choices.S
 # A run folder is <output.dir>/<name>, or <name>-N when that exists: a file system's 255 bytes per name, less the
 # room of a "-N" suffix up to -999999.
 MAX_NAME_BYTES = 255 - len("-999999")
+# retrain.distill.temperature: Hinton et al. use 1-20; far above that every soft target is uniform to float precision.
+MAX_TEMPERATURE = 100.0
 
 
 def repeated_ratio(ratios: list[float]) -> str | None:

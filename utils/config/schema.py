@@ -30,6 +30,7 @@ from utils.config.bounds import (
     MAX_IMAGE_SIZE,
     MAX_INPUT_CHANNELS,
     MAX_NAME_BYTES,
+    MAX_TEMPERATURE,
     MAX_WIDTH,
     MAX_WORKERS,
     SEED_RANGE,
@@ -40,8 +41,9 @@ from utils.config.bounds import (
 from utils.core import choices
 from utils.core.archform import ARCH_FORMS, arch_problem
 
-__all__ = ["SECTION_DEFAULTS", "DataConfig", "ExperimentConfig", "ModelConfig", "OptimConfig", "OutputConfig",
-           "PruneConfig", "VisdomConfig", "describe", "field_default", "join_key", "section_defaults"]
+__all__ = ["SECTION_DEFAULTS", "DataConfig", "DistillConfig", "ExperimentConfig", "ModelConfig", "OptimConfig",
+           "OutputConfig", "PruneConfig", "RetrainConfig", "VisdomConfig", "describe", "field_default", "join_key",
+           "section_defaults"]
 
 _MISSING = dataclasses.MISSING
 
@@ -194,6 +196,35 @@ class OptimConfig:
     sync_bn: bool = _opt(False, "Under `torchrun` with several processes: BatchNorm statistics over the whole global "
                          "batch (`nn.SyncBatchNorm` on GPUs, an all-reduce BatchNorm on CPUs) instead of each "
                          "process's share; the run then computes what one process with the same global batch does.")
+    bn_l1: float = _opt(0.0, "Network slimming (Liu et al. 2017): add `bn_l1` times the sum of the absolute "
+                        "BatchNorm scales (gamma) of the model to the training loss, driving the scales of unneeded "
+                        "channels toward 0 for `prune.importance: bn_scale` to find (their paper: 1e-5 to 1e-4). 0: "
+                        "plain loss.",
+                        check=_non_negative, expect="a number >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    alpha: float = _opt(_MISSING, "Weight of the teacher's soft targets (0: plain cross-entropy, 1: labels unused).",
+                        check=lambda v: 0 <= v <= 1, expect="a number in [0, 1]")
+    temperature: float = _opt(_MISSING, "Softmax temperature of both networks' logits in the soft-target term "
+                              f"(Hinton et al. use 1-20), at most {MAX_TEMPERATURE:g}.",
+                              check=lambda v: 0 < v <= MAX_TEMPERATURE,
+                              expect=f"a number in (0, {MAX_TEMPERATURE:g}]")
+
+
+@dataclass(frozen=True)
+class RetrainConfig(OptimConfig):
+    """The training settings of fine-tuning after pruning: those of ``train`` plus a teacher, which only a pruning
+    run has (the unpruned model)."""
+
+    distill: DistillConfig | None = _opt(None, "Knowledge distillation from the unpruned model (Hinton et al. "
+                                         "2015): `{\"alpha\": A, \"temperature\": T}` (both required; alpha in "
+                                         f"[0, 1], T in (0, {MAX_TEMPERATURE:g}]) makes the retraining loss `(1 - A) * "
+                                         "cross-entropy + A * T^2 * KL(teacher/T || student/T)`, the teacher "
+                                         "being the model as loaded (frozen, eval mode; README, Retraining loss). "
+                                         "Needs trained weights and `retrain.epochs` > 0; alpha 0 is plain "
+                                         "retraining, bit for bit.")
 
 
 def _retrain_defaults() -> dict[str, Any]:
@@ -327,7 +358,7 @@ class ExperimentConfig:
     model: ModelConfig = _opt({}, "The network.")
     train: OptimConfig = _opt({}, "Training from scratch or from `model.checkpoint` (`trainer_exp.py`).")
     prune: PruneConfig = _opt({}, "Pruning (`pruner_exp.py`).")
-    retrain: OptimConfig = _opt({}, "Fine-tuning after pruning (`pruner_exp.py`); defaults: "
+    retrain: RetrainConfig = _opt({}, "Fine-tuning after pruning (`pruner_exp.py`); defaults: "
                                 "0 epochs, lr 0.001, constant schedule.")
     output: OutputConfig = _opt({}, "Run outputs.")
     visdom: VisdomConfig = _opt({}, "Live plots.")
@@ -359,6 +390,8 @@ def describe(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return " or ".join(describe(a) for a in inner) + (" or null" if len(inner) < len(args) else "")
+    if dataclasses.is_dataclass(tp):
+        return "an object"
     if origin is list:
         return f"a list of {describe(args[0]).replace('an ', '').replace('a ', '')}s"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))

@@ -35,6 +35,9 @@ _MISSING = dataclasses.MISSING
 
 # ``prune`` keys that choose layers or filters, with the methods that read them. ``weight`` pruning prunes every conv
 # and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
+# Keys that exist in another section only, with where they are: a plain "unknown key" would not say why.
+_KEY_ELSEWHERE = {"train.distill": "the baseline trainer has no teacher; distillation is retrain.distill, the unpruned "
+                                   "model teaching the pruned one in pruner_exp.py: move it there or remove it"}
 _LAYER_SPEC_METHODS = {"layers": ("filter", "sensitivity"), "skip": ("filter", "sensitivity"), "channels": ("filter",),
                        "ratios": ("filter",), "target": ("filter",)}
 
@@ -131,6 +134,7 @@ class _Validator:
         if cls is ExperimentConfig:
             self.check_schedule(values["prune"], values["retrain"])
             self.check_from_scratch(values)
+            self.check_distill(values)
         return cls(**values)
 
     def reject_unknown(self, raw: dict[str, Any], fields: Collection[str], prefix: str) -> None:
@@ -139,6 +143,8 @@ class _Validator:
             if name.startswith("_"):
                 continue  # comments
             if name not in fields:
+                if join_key(prefix, name) in _KEY_ELSEWHERE:
+                    raise self.fail(join_key(prefix, name), _KEY_ELSEWHERE[join_key(prefix, name)])
                 hint = _did_you_mean(name, fields, prefix)
                 raise self.fail(join_key(prefix, name), f"unknown key{hint} (valid keys here: {', '.join(fields)})")
 
@@ -176,6 +182,22 @@ class _Validator:
                 "retrain.epochs is 0"
             raise self.fail("prune.from_scratch", f"the pruned architecture is trained from scratch, and {what}; "
                                                   "set retrain.epochs (and a training lr) or remove prune.from_scratch")
+
+    def check_distill(self, values: dict[str, Any]) -> None:
+        """``retrain.distill`` needs a trained teacher (the unpruned model) and a retraining to teach."""
+        prune, retrain = values["prune"], values["retrain"]
+        if retrain.distill is None:
+            return
+        if prune.method == "sensitivity":
+            problem = 'prune.method "sensitivity" only evaluates, it does not retrain'
+        elif retrain.epochs == 0:
+            problem = "retrain.epochs is 0, so there is no retraining to distil"
+        elif prune.from_scratch:
+            problem = "prune.from_scratch starts from random weights, so the unpruned model is no trained teacher"
+        else:
+            return
+        raise self.fail("retrain.distill", f"{problem}; remove retrain.distill"
+                        + (" or set retrain.epochs" if retrain.epochs == 0 and prune.method != "sensitivity" else ""))
 
     def check_schedule(self, prune: PruneConfig, retrain: OptimConfig) -> None:
         """A schedule that cannot run with the rest of the file: an error before any work (the rest at run time)."""
@@ -253,6 +275,8 @@ def _check_override_key(key: str) -> None:
         if not fields:
             raise UserError(f"--set {key}: {'.'.join(done)} is a value, not a section")
         if part not in fields:
+            if join_key(".".join(done), part) in _KEY_ELSEWHERE:
+                raise UserError(f"--set {key}: {_KEY_ELSEWHERE[join_key('.'.join(done), part)]}")
             hint = _did_you_mean(part, fields, ".".join(done))
             where = f" in section {'.'.join(done)}" if done else ""
             raise UserError(f"--set {key}: unknown key{where}{hint} (valid keys here: {', '.join(fields)})")

@@ -37,11 +37,20 @@ def _progress(loader: Iterable, desc: str, initial: int = 0) -> tuple[Iterable, 
 
 def train_step(model: nn.Module, images: torch.Tensor, target: torch.Tensor, criterion: nn.Module,
                optimizer: torch.optim.Optimizer, *, autocast: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch already on the device; returns the loss and the output (not synchronised)."""
+               scaler: torch.amp.GradScaler | None = None,
+               teacher: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device; returns the loss and the output (not synchronised).
+
+    With a ``teacher`` (distillation, :mod:`utils.train.losses`) it runs on the same images under the same autocast,
+    without gradients, and the loss is ``criterion(output, target, teacher_output)``."""
     with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         output = model(images)
-        loss = criterion(output, target)
+        if teacher is None:
+            loss = criterion(output, target)
+        else:
+            with torch.no_grad():
+                teacher_output = teacher(images)
+            loss = criterion(output, target, teacher_output)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -63,7 +72,8 @@ class StepOptions:
     weights should be too). ``print_freq``: a progress line every that many steps (0: none).
     ``on_step(step)`` runs after each optimizer step (before ``stop()`` is asked), with the step's number in the
     epoch from 1: a gradual pruning schedule prunes there. When ``stop()`` turns true after a step, the epoch ends
-    there (see :func:`train_one_epoch`).
+    there (see :func:`train_one_epoch`). ``teacher``: a frozen network (in eval mode) run on every batch for a
+    distillation loss, which then gets its output as a third argument (see :func:`train_step`).
     """
 
     autocast: torch.dtype | None = None
@@ -72,6 +82,7 @@ class StepOptions:
     print_freq: int = 0
     on_step: Callable[[int], None] | None = None
     stop: Callable[[], bool] | None = None
+    teacher: nn.Module | None = None
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -100,7 +111,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         target = target.to(device, non_blocking=True)
         loss, output = train_step(model, images, target, criterion, optimizer, autocast=options.autocast,
-                                  scaler=options.scaler)
+                                  scaler=options.scaler, teacher=options.teacher)
         meter.update(loss, output, target)
         meter.note_finite(loss, step)
         if check_each_step:

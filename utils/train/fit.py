@@ -27,6 +27,7 @@ from utils.core.rundir import RunDir
 from utils.data.sampling import epoch_seed
 from utils.train.engine import StepOptions, evaluate, train_one_epoch
 from utils.train.interrupt import GracefulStop, RunInterrupted
+from utils.train.losses import Teacher, training_loss
 
 PLOTTED = ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5")  # per-epoch visdom lines
 AVERAGE_OVER_LAST = 5  # epochs whose test top-1 is averaged in the closing summary, as the seed reported
@@ -136,10 +137,13 @@ StepHook = Callable[[int, dict[str, torch.Tensor] | None], Mapping[str, torch.Te
 
 @dataclass(frozen=True)
 class Loaders:
-    """The batches :func:`fit` trains on (``train``, whose sampler sets each epoch's order) and tests on."""
+    """The batches :func:`fit` trains on (``train``, whose sampler sets each epoch's order) and tests on, and what
+    else labels the training batches: a ``teacher`` (:class:`~utils.train.losses.Teacher`, for distillation) whose
+    soft targets the loss mixes with the labels, or None."""
 
     train: Any
     test: Any
+    teacher: Teacher | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,9 @@ def fit(model: nn.Module, *, loaders: Loaders, optim: OptimConfig, device: torch
 
     With ``masks`` the pruned weights are held at exactly zero through every optimizer step. Checkpoints, metrics
     and plots go where ``target`` (:class:`RunTarget`) says; ``schedule`` (:class:`ScheduleHooks`) lets a pruning
-    schedule change the masks as training goes.
+    schedule change the masks as training goes. The training loss is cross-entropy with what ``optim.bn_l1`` and
+    ``loaders.teacher`` add to it (:func:`utils.train.losses.training_loss`; ``train_loss`` in the metrics is that
+    loss); the test loss is cross-entropy alone.
 
     Speed (``optim``'s ``amp``, ``channels_last``, ``compile``): the weights are converted to channels-last in place;
     the training steps run through ``torch.compile`` of the model; evaluation and checkpoints use ``model`` itself.
@@ -240,7 +246,8 @@ class _Fit:
         self.model, self.loaders, self.optim, self.device = model, loaders, optim, device
         self.target, self.schedule = target, schedule
         self.metrics_run = target.metrics_run or target.run
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = nn.CrossEntropyLoss()  # what the test loss is, whatever the training loss adds
+        self.train_loss = training_loss(model, bn_l1=optim.bn_l1, teacher=loaders.teacher)
         if optim.channels_last:
             model.to(memory_format=torch.channels_last)  # in place: the same parameters, in another layout
         self.optimizer, self.scheduler = build_optimizer(model, optim)
@@ -321,8 +328,9 @@ class _Fit:
         start_epoch_order(train_loader, self.target.seed, epoch + self.schedule.epoch_offset, start_step=meter.steps)
         lr = self.optimizer.param_groups[0]["lr"]
         options = StepOptions(autocast=self.autocast, scaler=self.scaler, channels_last=self.optim.channels_last,
-                              print_freq=self.target.print_freq, on_step=self.step_hook_for(epoch), stop=stopping)
-        train_stats = train_one_epoch(self.train_model, train_loader, self.criterion, self.optimizer, self.device,
+                              print_freq=self.target.print_freq, on_step=self.step_hook_for(epoch), stop=stopping,
+                              teacher=self.loaders.teacher.model if self.loaders.teacher is not None else None)
+        train_stats = train_one_epoch(self.train_model, train_loader, self.train_loss, self.optimizer, self.device,
                                       epoch=epoch, meter=meter, options=options)
         if train_stats is None:
             seconds = earlier_seconds + time.perf_counter() - start
