@@ -76,8 +76,8 @@ def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int |
     loaded = build_model(cfg, data.num_classes)
     check_model(loaded.model, data, cfg)  # before the run directory: a model the images do not fit
     loaded.model.to(device)
-    prepared = prepare_pruning(cfg, loaded.model, example_input(data.trace_size, device),
-                               gradients=gradient_stats(cfg, loaded.model, data, device))
+    gradients = gradient_stats(cfg, loaded.model, data, device) if cfg.prune.method == "filter" else None
+    prepared = prepare_pruning(cfg, loaded.model, example_input(data.trace_size, device), gradients=gradients)
     if retrains and cfg.prune.schedule == "agp":
         agp_plan_for(cfg, data, 1.0)  # a frequency that leaves no pruning step is an error before the run directory
     config = {**cfg.to_dict(), "provenance": provenance(device)}
