@@ -53,7 +53,8 @@ class _Search:
 
     def __init__(self, model: nn.Module, plan: FilterPlan, cost: Cost, max_ratio: float) -> None:
         self.model, self.plan, self.cost = model, plan, cost
-        self.scores = {i: group_scores(model, plan.graph.groups[i], importance=plan.importance) for i in plan.groups}
+        self.scores = {i: group_scores(model, plan.graph.groups[i], importance=plan.importance,
+                                       gradients=plan.gradients) for i in plan.groups}
         self.order = {i: torch.argsort(scores, stable=True).tolist() for i, scores in self.scores.items()}
         self.cap = {i: min(len(s) - 1, int(len(s) * max_ratio)) for i, s in self.scores.items()}
 
@@ -153,8 +154,9 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
                    max_ratio: float = 0.9, spec: FilterSpec | None = None, example_input: torch.Tensor | None = None,
                    sensitivity: dict[str, Curve] | None = None) -> tuple[FilterPlan, int, int]:
     """A plan whose pruned model costs at most ``target`` times what ``model`` costs, by ``cost`` (MACs or
-    parameters of a model); returns ``(plan, cost before, cost after)``. ``spec`` gives the criterion, the strategy
-    and the layers to ``skip``; its ``layers``, ``channels`` and ``ratios`` are not used (the target decides).
+    parameters of a model); returns ``(plan, cost before, cost after)``. ``spec`` gives the criterion (and the
+    gradients ``taylor`` scores from), the strategy and the layers to ``skip``; its ``layers``, ``channels`` and
+    ``ratios`` are not used (the target decides).
     ``sensitivity``: ``{layer name: curve}`` for the ``sensitivity`` allocation."""
     if not 0 < target < 1:
         raise UserError(f"prune.target: expected a fraction in (0, 1) of the model's cost, got {target!r}")
@@ -163,9 +165,10 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
     if not 0 < max_ratio < 1:
         raise UserError(f"prune.max_ratio: expected a number in (0, 1), got {max_ratio!r}")
     spec = spec or FilterSpec()
+    spec.check()
     graph = analyse(model, example_input)
     shell = FilterPlan(graph=graph, names=layer_names(model, graph), groups={}, strategy=spec.strategy,
-                       importance=spec.importance)
+                       importance=spec.importance, gradients=spec.gradients)
     skipped = _skipped(shell, spec.skip)
     plan = dataclasses.replace(shell, groups={i: (list(_layers(shell, i)), 0) for i, group in enumerate(graph.groups)
                                               if group.prunable and i not in skipped})
@@ -180,8 +183,7 @@ def plan_to_target(model: nn.Module, *, target: float, cost: Cost, allocation: s
         raise UserError(f"prune.target: {target:g} of the model's cost cannot be reached with prune.max_ratio "
                         f"{max_ratio:g} (the most it allows leaves {after / before:.3f}); raise prune.max_ratio or "
                         "skip fewer layers")
-    chosen = FilterPlan(graph=plan.graph, names=plan.names, strategy=plan.strategy, importance=plan.importance,
-                        groups={i: (plan.groups[i][0], n) for i, n in counts.items() if n})
+    chosen = dataclasses.replace(plan, groups={i: (plan.groups[i][0], n) for i, n in counts.items() if n})
     return chosen, before, after
 
 

@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from pruning.dependency import analyse
+from pruning.gradients import TaylorStats
 from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
 from pruning.heads import QUERY_WEIGHTS, heads_of
-from pruning.importance import get_importance, group_scores
+from pruning.importance import get_importance, group_scores, needs_gradients
 from pruning.naming import LayerNames, layer_names
 from pruning.surgery import pruned_shapes, remove_units
 from utils.core import choices
@@ -177,7 +178,9 @@ class FilterPlan:
 
     ``groups``: ``{channel group index: (the requested layers writing it, filters to remove)}``; ``graph`` and
     ``names`` are the model's channel graph and layer names. Valid for the model as it was planned on: removing
-    filters physically changes the groups' sizes (plan again then); masking them does not.
+    filters physically changes the groups' sizes (plan again then); masking them does not. ``gradients``: what a
+    criterion that needs them scores from (``taylor``); a schedule that scores again later replaces them with
+    statistics of the model as it is then (``dataclasses.replace``).
     """
 
     graph: ChannelGraph
@@ -185,6 +188,7 @@ class FilterPlan:
     groups: dict[int, tuple[list[str], int]]
     strategy: str
     importance: str = "l1"
+    gradients: TaylorStats | None = None
 
     def layer_counts(self) -> dict[str, int]:
         """``{layer: filters to remove}`` for every requested layer (coupled layers each listed)."""
@@ -201,11 +205,16 @@ class FilterSpec:
     strategy: str = "independent"
     skip: Sequence[str] = ()
     importance: str = "l1"
+    gradients: TaylorStats | None = None  # for a criterion that needs them (pruning.gradients.taylor_statistics)
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
             raise UserError(f"prune.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         get_importance(self.importance)  # an unknown name is a UserError listing the known ones
+        if needs_gradients(self.importance) and self.gradients is None:
+            raise UserError(f"prune.importance: {self.importance} scores channels from gradients, and none were "
+                            "given; compute them with pruning.gradients.taylor_statistics(model, batches) and pass "
+                            "gradients=")
 
 
 def plan_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_input: torch.Tensor | None = None,
@@ -225,11 +234,11 @@ def plan_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_in
         layers = [name for name in names.layers if graph.alone(names.module(name))]
         values = values * len(layers)
     return FilterPlan(graph=graph, names=names, groups=_plan(graph, names, layers, kind, values, skip),
-                      strategy=spec.strategy, importance=spec.importance)
+                      strategy=spec.strategy, importance=spec.importance, gradients=spec.gradients)
 
 
 def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "independent", importance: str = "l1",
-                     example_input: torch.Tensor | None = None) -> FilterPlan:
+                     example_input: torch.Tensor | None = None, gradients: TaylorStats | None = None) -> FilterPlan:
     """A plan that removes ``ceil(ratio * n)`` channels of every prunable group of ``model`` (residual groups and
     groups of several producers included), leaving out groups that would be emptied: the "prune everything by
     one ratio" baseline, and what the prunability benchmark measures."""
@@ -239,7 +248,7 @@ def plan_every_group(model: nn.Module, *, ratio: float, strategy: str = "indepen
     groups = {index: ([], filters_to_remove(group.channels, ratio)) for index, group in enumerate(graph.groups)
               if group.prunable and filters_to_remove(group.channels, ratio) < group.channels}
     return FilterPlan(graph=graph, names=layer_names(model, graph), groups=groups, strategy=strategy,
-                      importance=importance)
+                      importance=importance, gradients=gradients)
 
 
 def _greedy_ignore(graph: ChannelGraph, group: ChannelGroup, removed: Mapping[int, Sequence[int]]
@@ -271,7 +280,8 @@ def select_filters(model: nn.Module, plan: FilterPlan, *, counts: dict[int, int]
         group = plan.graph.groups[index]
         count = plan.groups[index][1] if counts is None else counts[index]
         ignore = _greedy_ignore(plan.graph, group, removed_of_group) if plan.strategy == "greedy" else {}
-        scores = group_scores(model, group, importance=plan.importance, ignore_in_channels=ignore)
+        scores = group_scores(model, group, importance=plan.importance, ignore_in_channels=ignore,
+                              gradients=plan.gradients)
         if first and first.get(index):
             if len(first[index]) > count:
                 raise ValueError(f"group {index}: {len(first[index])} channels are already removed, more than the "
@@ -367,7 +377,8 @@ def prune_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_i
     ``ratios`` (fraction of each layer's filters; ``ceil(r * n)`` go): exactly one, with one value for all
     layers or one per ``layers`` entry (a selector's value applies to each layer in it). ``skip``: layers
     to leave out. ``strategy``: ``independent`` or ``greedy``. ``importance``: the criterion
-    (:mod:`pruning.importance`: ``l1``, ``l2``, ``fpgm``, ``bn_scale``, ``random``). ``example_input``: one batch of
+    (:mod:`pruning.importance`: ``l1``, ``l2``, ``fpgm``, ``bn_scale``, ``random``, ``taylor``; ``taylor`` needs
+    ``gradients``, :func:`pruning.gradients.taylor_statistics` of ``model``). ``example_input``: one batch of
     the size the model takes (default: 3x32x32 for the CIFAR models, 3x224x224 otherwise), used only to trace
     shapes.
 

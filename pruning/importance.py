@@ -16,25 +16,43 @@ caller through ``ignore_in_channels``:
 Other criteria, each a few lines, registered by name (:func:`register_importance` for those that score a filter
 from its own weights, :func:`register_group_importance` for those that need the whole group) so that a new one
 touches only this file; the grouping (:mod:`pruning.dependency`) and the removal (:mod:`pruning.surgery`) do not
-change: ``l2``, ``fpgm`` (He et al. 2019), ``bn_scale`` (Liu et al. 2017), ``random`` (the control).
+change: ``l2``, ``fpgm`` (He et al. 2019), ``bn_scale`` (Liu et al. 2017), ``random`` (the control), and ``taylor``
+(Molchanov et al. 2019), the one criterion that needs data: it is registered with ``needs_gradients=True`` and
+:func:`group_scores` hands it the :class:`~pruning.gradients.TaylorStats` of a few training batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from pruning.gradients import TaylorStats
 from pruning.groups import WRITERS, ChannelGroup
 from pruning.heads import rows_of_heads
 from utils.core.errors import UserError
 from utils.core.registry import Registry
 
-__all__ = ["FilterImportance", "GroupImportance", "bn_scale", "geometric_median_distances", "get_importance",
-           "group_scores", "l1_filter_norms", "l2_filter_norms", "list_importances", "random_scores",
-           "register_group_importance", "register_importance"]
+__all__ = [
+    "FilterImportance",
+    "GroupImportance",
+    "Scoring",
+    "bn_scale",
+    "geometric_median_distances",
+    "get_importance",
+    "group_scores",
+    "l1_filter_norms",
+    "l2_filter_norms",
+    "list_importances",
+    "needs_gradients",
+    "random_scores",
+    "register_group_importance",
+    "register_importance",
+    "taylor_scores",
+]
 
 
 class FilterImportance(Protocol):
@@ -45,9 +63,11 @@ class FilterImportance(Protocol):
 
 
 GroupImportance = Callable[[nn.Module, ChannelGroup, Mapping[str, Collection[int]]], torch.Tensor]
-"""``(model, group, ignore_in_channels per producer) -> one score per channel (unit) of the group``."""
+"""``(model, group, ignore_in_channels per producer) -> one score per channel (unit) of the group``; a criterion
+registered with ``needs_gradients`` also takes ``gradients=`` (a :class:`~pruning.gradients.TaylorStats`)."""
 
 _IMPORTANCE: Registry[GroupImportance] = Registry("filter importance")
+_NEEDS_GRADIENTS: set[str] = set()
 
 
 def register_importance(name: str) -> Callable[[FilterImportance], FilterImportance]:
@@ -61,9 +81,27 @@ def register_importance(name: str) -> Callable[[FilterImportance], FilterImporta
     return register
 
 
-def register_group_importance(name: str) -> Callable[[GroupImportance], GroupImportance]:
-    """Register a criterion that scores a group's channels from more than one layer's weights (``bn_scale``)."""
+def register_group_importance(name: str, *, needs_gradients: bool = False
+                              ) -> Callable[[GroupImportance], GroupImportance]:
+    """Register a criterion that scores a group's channels from more than one layer's weights (``bn_scale``), or,
+    with ``needs_gradients``, from gradient statistics too (``taylor``): it is then called with ``gradients=``."""
+    if needs_gradients:
+        _NEEDS_GRADIENTS.add(name)
     return _IMPORTANCE.register(name)
+
+
+def needs_gradients(name: str) -> bool:
+    """Whether criterion ``name`` scores from gradients, so its caller has to draw training batches first."""
+    return name in _NEEDS_GRADIENTS
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A criterion and what it scores from besides the weights: ``gradients`` for one that :func:`needs_gradients`
+    (one argument where a function's signature has room for one)."""
+
+    importance: str = "l1"
+    gradients: TaylorStats | None = None
 
 
 def list_importances() -> list[str]:
@@ -158,8 +196,40 @@ def random_scores(model: nn.Module, group: ChannelGroup, ignore: Mapping[str, Co
     return torch.rand(group.channels, dtype=torch.float64)
 
 
+@register_group_importance("taylor", needs_gradients=True)
+def taylor_scores(model: nn.Module, group: ChannelGroup, ignore: Mapping[str, Collection[int]], *,
+                  gradients: TaylorStats) -> torch.Tensor:
+    """Molchanov et al. 2019: the first-order Taylor estimate of the loss change when a channel is removed,
+    ``(sum over its parameters p of p * dL/dp)^2``, averaged over the batches of ``gradients``.
+
+    The parameters are those of the BatchNorm after the channel (``gamma_c``, ``beta_c``: the paper's best variant,
+    "BN scale/shift") where the group has one with an affine scale and shift, else the producers' filters (weight
+    row and bias). A group with several such members (a residual group: a BatchNorm per producer; a MobileNet
+    channel: one after the expansion conv, one after the depthwise conv) sums their ``p * dL/dp`` per batch *before*
+    squaring: removing the channel zeroes all of them at once, and the paper's importance of a set of parameters
+    ``S`` is ``(sum_{s in S} g_s w_s)^2`` (its section 3), not the sum of each member's square; the
+    paper scores one gate per channel, and a channel of a group is one gate here. ``ignore`` (greedy) is not used:
+    the estimate is of the model as it is. Attention heads are not scored this way yet (``UserError``).
+    """
+    norms = [m for m in group.members if m.role == "norm" and m.module in gradients.per_batch]
+    members = norms or [m for m in group.members if m.role in WRITERS]
+    if any(m.role == "heads" for m in members):
+        raise UserError(f"prune.importance: taylor scores conv and linear channels, and {members[0].module} is an "
+                        "attention layer's heads; choose another criterion (l1, l2, fpgm) for it")
+    total = torch.zeros(gradients.batches, group.channels, dtype=torch.float64)
+    for member in members:
+        per_batch = gradients.per_batch.get(member.module)
+        rows = model.get_submodule(member.module).weight.shape[0]
+        if per_batch is None or per_batch.shape[1] != rows:
+            raise ValueError(f"the gradient statistics have no {rows} channels of {member.module}: they were "
+                             "computed on another model (compute them again after filters are removed)")
+        total += per_batch[:, torch.tensor(member.index, dtype=torch.long)].sum(dim=2)
+    return (total**2).mean(dim=0)
+
+
 def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1",
-                 ignore_in_channels: Mapping[str, Collection[int]] | None = None) -> torch.Tensor:
+                 ignore_in_channels: Mapping[str, Collection[int]] | None = None,
+                 gradients: TaylorStats | None = None) -> torch.Tensor:
     """One score per channel (unit) of ``group`` by criterion ``importance``; the smallest are removed first.
 
     Weight criteria (``l1``, ``l2``, ``fpgm``) score each producer's filters and sum them per channel. A group with
@@ -170,6 +240,14 @@ def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1
     (§3.4) instead rank such channels by the projection shortcut's 1x1 filters alone; that is a different criterion
     and would be registered as one. Depthwise convs and BatchNorm carry the channel but do not score it, except
     for ``bn_scale``, which sums the group's BatchNorm scales. ``ignore_in_channels``: ``{producer: input channels
-    to leave out}`` (the greedy strategy; weight criteria only).
+    to leave out}`` (the greedy strategy; weight criteria only). ``gradients``: the statistics a criterion that
+    :func:`needs_gradients` scores from (:func:`pruning.gradients.taylor_statistics` of the model as it is now);
+    without them such a criterion is a ``UserError``.
     """
-    return get_importance(importance)(model, group, ignore_in_channels or {})
+    criterion = get_importance(importance)
+    if importance not in _NEEDS_GRADIENTS:
+        return criterion(model, group, ignore_in_channels or {})
+    if gradients is None:
+        raise UserError(f"prune.importance: {importance} scores channels from gradients, and none were given; "
+                        "compute them with pruning.gradients.taylor_statistics(model, batches) and pass gradients=")
+    return criterion(model, group, ignore_in_channels or {}, gradients=gradients)

@@ -25,7 +25,7 @@ from torch import fx, nn
 from pruning.dependency import analyse
 from pruning.filter import filters_to_remove
 from pruning.groups import READERS, ChannelGraph, Member
-from pruning.importance import group_scores
+from pruning.importance import Scoring, group_scores
 from pruning.naming import layer_names
 from utils.core.errors import UserError
 from utils.core.metrics import Meter
@@ -91,9 +91,10 @@ def _zero_hook(variant: nn.Module, member: Member, gone_of: Sequence[Sequence[in
 
 def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loader: Iterable, device: torch.device,
                       *, graph: ChannelGraph | None = None, example_input: torch.Tensor | None = None,
-                      importance: str = "l1") -> list[dict[str, Any]]:
+                      importance: str | Scoring = "l1") -> list[dict[str, Any]]:
     """Top-1/top-5/loss of ``model`` with the lowest-scored ``ratio`` of ``layer``'s filters (``importance``, L1 by
-    default) removed, per ratio.
+    default; a :class:`~pruning.importance.Scoring` for ``taylor``, with the gradient statistics of ``model``) removed,
+    per ratio.
 
     The same filters :func:`pruning.filter.prune_filters` would remove (``ceil(r * n)`` of them, smallest L1
     first); the model itself is not modified. Returns one dict per ratio: ``ratio, filters, kept, top1, top5,
@@ -106,7 +107,9 @@ def layer_sensitivity(model: nn.Module, layer: str, ratios: Sequence[float], loa
     if any(member.role == "heads" for member in group.members):
         raise UserError(f"sensitivity.layers: {layer} is an attention layer; the sensitivity sweep prunes channels, "
                         "not attention heads, yet: leave it out of sensitivity.layers")
-    order = torch.argsort(group_scores(model, group, importance=importance), stable=True)
+    scoring = importance if isinstance(importance, Scoring) else Scoring(importance)
+    order = torch.argsort(group_scores(model, group, importance=scoring.importance, gradients=scoring.gradients),
+                          stable=True)
     gone_of, kept = [], []
     for ratio in ratios:
         gone = min(filters_to_remove(group.channels, ratio), group.channels - 1)  # a layer keeps one filter

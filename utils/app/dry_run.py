@@ -17,6 +17,7 @@ Choices, each for a reason:
   directories, never a run directory (a dry run must not take the name a later real run would get). It replaces
   only an earlier plan; any other file there is an error, so a dry run never overwrites a run's files.
 * ``prune.method: "sensitivity"`` is refused: it evaluates every layer at every ratio, which needs the data.
+* ``prune.importance: "taylor"`` is refused: it scores channels from the gradients of training batches.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from models import arch_options
 from pruning.filter import FilterPlan, remove_filters, select_filters
 from pruning.weight import KINDS, compute_masks, prunable_weights
 from utils.app.layer_list import blocked_reasons, check_takes, planning_model, trace_size
-from utils.app.session import filter_plan
+from utils.app.session import filter_plan, needs_training_batches
 from utils.app.setup import seed_everything
 from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
@@ -110,7 +111,7 @@ def make_plan(cfg: ExperimentConfig) -> dict[str, Any]:
     """The plan of ``cfg``'s pruning run, as the plan file holds it (see the module docstring); a spec the run would
     refuse is the UserError the run would raise."""
     method = cfg.prune.method
-    planner = _planner(method)
+    planner = _planner(cfg)
     seed_everything(cfg.seed)  # random weights drawn from the run's seed: the same plan every time
     model, checkpoint = planning_model(cfg)
     size, why = trace_size(cfg, model)
@@ -198,7 +199,13 @@ PLANNERS: dict[str, Callable[[ExperimentConfig, nn.Module, torch.Tensor, bool], 
     "filter": _plan_filter, "weight": _plan_weight}
 
 
-def _planner(method: str) -> Callable[[ExperimentConfig, nn.Module, torch.Tensor, bool], dict[str, Any]]:
+def _planner(cfg: ExperimentConfig) -> Callable[[ExperimentConfig, nn.Module, torch.Tensor, bool], dict[str, Any]]:
+    """The planner of ``cfg``'s method; a run that needs the data to decide its plan is one line instead."""
+    method = cfg.prune.method
+    if method == "filter" and needs_training_batches(cfg):
+        raise UserError(f"prune.importance {cfg.prune.importance} needs training batches; --dry-run plans without "
+                        "data: use l1 for the plan (--set prune.importance=l1), "
+                        "or run without --dry-run")
     if method not in PLANNERS:
         raise UserError(f"prune.method {method!r}: --dry-run plans {' and '.join(PLANNERS)} pruning; a {method} "
                         "analysis evaluates every layer at every ratio, which needs the data (--list-layers shows "
@@ -275,7 +282,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def dry_run(cfg: ExperimentConfig, *, plan_out: str | None = None) -> int:
     """Print the plan of ``cfg``'s pruning run and write it to :func:`plan_path`; the exit status (0)."""
-    _planner(cfg.prune.method)
+    _planner(cfg)
     target = plan_path(cfg, plan_out)  # before the model is built: a refused path costs no tracing
     plan = make_plan(cfg)
     print(format_plan(plan))

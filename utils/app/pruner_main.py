@@ -25,11 +25,20 @@ from torch import nn
 
 from pruning import prunable_layers
 from pruning.filter import remove_filters, select_filters
+from pruning.gradients import TaylorStats
 
 # Importing the runners registers each under its prune.method name in METHODS.
 from utils.app import run_filter, run_sensitivity, run_weight  # noqa: F401
 from utils.app.exporting import check_export
-from utils.app.session import METHODS, Session, agp_plan_for, example_input, filter_plan
+from utils.app.session import (
+    METHODS,
+    Session,
+    agp_plan_for,
+    example_input,
+    filter_plan,
+    gradient_stats,
+    needs_training_batches,
+)
 from utils.app.setup import build_data, build_model, check_model, make_visdom, seed_everything, select_device
 from utils.config.schema import ExperimentConfig
 from utils.config.validate import from_dict
@@ -62,11 +71,13 @@ def run_pruning(cfg: ExperimentConfig, held: contextlib.ExitStack, *, gpu: int |
         held.enter_context(run.hold(subfolders=True))
     seed_everything(cfg.seed)
     retrains = cfg.retrain.epochs > 0 and cfg.prune.method != "sensitivity"
-    data = build_data(cfg, train=retrains, device=device, channels_last=cfg.retrain.channels_last)
+    data = build_data(cfg, train=retrains or needs_training_batches(cfg), device=device,
+                      channels_last=cfg.retrain.channels_last)
     loaded = build_model(cfg, data.num_classes)
     check_model(loaded.model, data, cfg)  # before the run directory: a model the images do not fit
     loaded.model.to(device)
-    prepared = prepare_pruning(cfg, loaded.model, example_input(data.trace_size, device))
+    gradients = gradient_stats(cfg, loaded.model, data, device) if cfg.prune.method == "filter" else None
+    prepared = prepare_pruning(cfg, loaded.model, example_input(data.trace_size, device), gradients=gradients)
     if retrains and cfg.prune.schedule == "agp":
         agp_plan_for(cfg, data, 1.0)  # a frequency that leaves no pruning step is an error before the run directory
     config = {**cfg.to_dict(), "provenance": provenance(device)}
@@ -133,19 +144,21 @@ def first_difference(a: Any, b: Any, key: str) -> tuple[str, Any, Any] | None:
     return None if a == b else (key, a, b)
 
 
-def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> Any:
+def prepare_pruning(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor, *,
+                    gradients: TaylorStats | None = None) -> Any:
     """Raise the UserError a filter/sensitivity run would raise for its layer spec (unknown layer, too many
     filters, coupled layers, a layer that cannot be pruned alone), before the run directory exists: a mistake
     then leaves no half-made run behind and costs no evaluation first.
 
     A filter spec is checked by applying it to a copy of ``model`` (the model itself is not touched); that
     pruned copy and its outcome are returned for the run to use, so the pruning is done once; for a sensitivity
-    spec, the layers that can be pruned alone.
+    spec, the layers that can be pruned alone. ``gradients``: what ``prune.importance`` ``taylor`` scores from
+    (:func:`utils.app.session.gradient_stats` of ``model``).
     """
     p = cfg.prune
     if p.method == "filter":
         pruned = copy.deepcopy(model)
-        plan = filter_plan(cfg, pruned, example)
+        plan = filter_plan(cfg, pruned, example, gradients=gradients)
         return pruned, remove_filters(pruned, plan, select_filters(pruned, plan))
     elif p.method == "sensitivity":
         alone = prunable_layers(model, example, alone=True)

@@ -91,11 +91,12 @@ def _filter_one_shot(s: Session) -> FilterDone:
 def _filter_iterative(s: Session) -> FilterDone:
     """``prune.rounds`` rounds: remove filters physically up to the round's count, retrain ``epochs / rounds``.
 
-    Each layer's count follows the cubic ramp to the one-shot count (``ceil(fraction * count)``), ranked by L1 on
-    the current weights of the already smaller model; each round is its own ``fit`` (a fresh optimizer for the
-    new shapes). Round ``i`` writes ``round<i>/`` (``pruned.pth``, ``last.pth``, ``best.pth``), the last round
-    the run directory itself, as a one-shot run. Resuming: as for weight pruning, each round prunes again from
-    the weights the round before ended with and retraining goes on from the round's ``last.pth``.
+    Each layer's count follows the cubic ramp to the one-shot count (``ceil(fraction * count)``), ranked by the
+    criterion on the current weights of the already smaller model (``taylor``: on fresh gradients of it); each
+    round is its own ``fit`` (a fresh optimizer for the new shapes). Round ``i`` writes ``round<i>/``
+    (``pruned.pth``, ``last.pth``, ``best.pth``), the last round the run directory itself, as a one-shot run.
+    Resuming: as for weight pruning, each round prunes again from the weights the round before ended with and
+    retraining goes on from the round's ``last.pth``.
     """
     cfg, p = s.cfg, s.cfg.prune
     _, one_shot = s.prepared  # the spec resolved and checked: which layers, how many filters in the end
@@ -111,8 +112,7 @@ def _filter_iterative(s: Session) -> FilterDone:
         counts = {layer: per.get(layer, 1) * scheduled_count(final // per.get(layer, 1), i, p.rounds)
                   - (one_shot.widths[layer][0] - len(alive[layer])) for layer, final in final_counts.items()}
         step = prune_filters(model, layers=list(counts), channels=list(counts.values()), strategy=p.strategy,
-                             importance=p.importance,
-                             example_input=example)
+                             importance=p.importance, gradients=s.gradients(model), example_input=example)
         for layer, gone in step.removed.items():
             gone_set = set(gone)
             alive[layer] = [c for j, c in enumerate(alive[layer]) if j not in gone_set]
@@ -154,7 +154,7 @@ def _filter_agp(s: Session) -> FilterDone:
     """
     cfg = s.cfg
     model = copy.deepcopy(s.loaded.model)
-    plan = filter_plan(cfg, model, example_input(s.data.trace_size, s.device))
+    plan = filter_plan(cfg, model, example_input(s.data.trace_size, s.device), gradients=s.gradients(model))
     agp = agp_plan_for(cfg, s.data, 1.0)
     finals = {index: count for index, (_, count) in plan.groups.items()}
 
@@ -167,7 +167,8 @@ def _filter_agp(s: Session) -> FilterDone:
             return None
         assert masks is not None  # fit starts with the all-kept masks below
         counts = removal_counts(k)
-        removed = select_filters(model, plan, counts=counts, first=masked_filters(plan, masks))
+        now = dataclasses.replace(plan, gradients=s.gradients(model))  # taylor: the masked model's gradients now
+        removed = select_filters(model, now, counts=counts, first=masked_filters(plan, masks))
         new = filter_masks(model, plan, removed)
         apply_masks(model, new)
         s.run.append_metrics({"phase": "agp", "step": step, "pruning_step": k, "fraction": agp.fraction_at(step),

@@ -10,6 +10,7 @@ from typing import Any
 from pruning import (
     analyse,
 )
+from pruning.importance import Scoring
 from pruning.sensitivity import layer_sensitivity
 from utils.app.session import METHODS, Session, example_input
 from utils.report.plots import plot_lines
@@ -26,10 +27,11 @@ def run_sensitivity(s: Session) -> None:
     names = [n for n in names if n not in set(p.skip)]
     ratios = sorted(p.sensitivity_ratios)
     graph = analyse(original, example)
+    scoring = Scoring(p.importance, s.gradients(original))  # every layer is scored on the original: computed once
     curves: dict[str, dict[str, Any]] = {}
     for layer in names:
         points = layer_sensitivity(original, layer, ratios, s.data.test_loader, s.device, graph=graph,
-                                   importance=p.importance)
+                                   importance=scoring)
         for point in points:
             s.run.append_metrics({"phase": "sensitivity", "layer": layer, **point})
         top1 = [p["top1"] for p in points]

@@ -3,22 +3,28 @@ built once by :func:`utils.app.pruner_main.main`, the registry of runners (``pru
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from pruning.budget import plan_to_target
 from pruning.filter import FilterPlan, FilterSpec, plan_filters
+from pruning.gradients import TaylorStats, taylor_statistics
+from pruning.importance import needs_gradients
 from pruning.schedule import agp_plan
 from utils.app.setup import Data, make_visdom
 from utils.checkpoint.format import make_checkpoint
 from utils.checkpoint.load import LoadedModel, load_toolkit_checkpoint
 from utils.config.schema import ExperimentConfig, RetrainConfig
+from utils.core import distributed
 from utils.core.errors import UserError
 from utils.core.files import atomic_torch_save
 from utils.core.registry import Registry
@@ -80,6 +86,11 @@ class Session:
         except RunInterrupted as exc:
             exc.resume = self.run.path  # a pruning run resumes as a whole, from its directory
             raise
+
+    def gradients(self, model: nn.Module) -> TaylorStats | None:
+        """The gradient statistics of ``model`` as it is now that ``prune.importance`` scores from (``None`` for the
+        weight criteria): see :func:`gradient_stats`."""
+        return gradient_stats(self.cfg, model, self.data, self.device)
 
     def save_pruned(self, model: nn.Module, path: str, *, arch: dict[str, Any], masks: dict[str, torch.Tensor] | None,
                     metrics: dict[str, float]) -> str:
@@ -152,24 +163,67 @@ def example_input(input_size: tuple[int, int, int], device: torch.device) -> tor
     return torch.zeros(1, *input_size, device=device)  # shapes only; no draw from the global RNG
 
 
+def needs_training_batches(cfg: ExperimentConfig) -> bool:
+    """Whether the run scores channels from gradients (``prune.importance`` ``taylor`` of a filter or sensitivity
+    run), so the training split has to be loaded even without retraining."""
+    return cfg.prune.method in ("filter", "sensitivity") and needs_gradients(cfg.prune.importance)
+
+
+def training_batches(loader: Iterable[Any], count: int) -> Iterator[Any]:
+    """The first ``count`` batches of a new pass over ``loader`` (fewer if it has fewer), one at a time.
+
+    A pass of this tool's loaders is drawn from the epoch's seed (``set_epoch``), not from the global generator, so
+    drawing these changes neither the order nor the augmentation of the training that follows. A DataLoader with
+    persistent workers has one pass at a time: a second ``iter()`` would reset the pass in progress (an ``agp``
+    step scores inside the training's pass), so the batches come from a shallow copy without persistent workers
+    (its own short-lived workers, the same dataset, sampler and collation) and with a generator of its own (the
+    training loader's, which seeds its workers, is not advanced)."""
+    if isinstance(loader, DataLoader) and loader.persistent_workers:
+        view = copy.copy(loader)
+        # DataLoader refuses to set persistent_workers after construction; the copy is private and never reused.
+        view.__dict__.update(persistent_workers=False, _iterator=None, generator=torch.Generator())
+        loader = view
+    return itertools.islice(iter(loader), count)
+
+
+def gradient_stats(cfg: ExperimentConfig, model: nn.Module, data: Data, device: torch.device
+                   ) -> TaylorStats | None:
+    """What a criterion that needs gradients scores from: :func:`pruning.gradients.taylor_statistics` of ``model``
+    (eval mode, nothing on the model changed) on ``prune.taylor_batches`` batches of the training loader; ``None``
+    when ``prune.importance`` needs none. Under torchrun each rank holds its share of every batch: the statistics are
+    averaged over the ranks, which gives those of the whole batch (``p * dL/dp`` is linear in the gradient, and the
+    batch's mean loss is the mean of the ranks' equal shares), so every rank ranks the same channels."""
+    if not needs_training_batches(cfg):
+        return None
+    assert data.train_loader is not None, "build_data(train=True) when needs_training_batches(cfg)"
+    stats = taylor_statistics(model, training_batches(data.train_loader, cfg.prune.taylor_batches), device=device)
+    if distributed.active():
+        world = distributed.world_size()
+        stats = TaylorStats(per_batch={name: (distributed.all_reduce_sum(t.to(device)) / world).cpu()
+                                       for name, t in stats.per_batch.items()}, batches=stats.batches)
+    return stats
+
+
 def filter_options(cfg: ExperimentConfig) -> dict[str, Any]:
     p = cfg.prune
     return {"layers": list(p.layers), "channels": p.channels, "ratios": p.ratios, "strategy": p.strategy,
             "importance": p.importance, "skip": list(p.skip)}
 
 
-def filter_plan(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor) -> FilterPlan:
+def filter_plan(cfg: ExperimentConfig, model: nn.Module, example: torch.Tensor, *,
+                gradients: TaylorStats | None = None) -> FilterPlan:
     """The filter plan of ``cfg.prune``: its layers and counts, or with ``prune.target`` the counts
     :func:`pruning.budget.plan_to_target` finds for that budget (what it reached is printed). The one place the
-    real run, its schedules and the dry run get their plan from."""
+    real run, its schedules and the dry run get their plan from. ``gradients``: what ``taylor`` scores from
+    (:func:`gradient_stats` of ``model``)."""
     p = cfg.prune
     if p.target is None:
-        return plan_filters(model, **filter_options(cfg), example_input=example)
+        return plan_filters(model, **filter_options(cfg), example_input=example, gradients=gradients)
     kind = "macs" if p.target.macs is not None else "params"
     fraction = p.target.macs if kind == "macs" else p.target.params
     size = tuple(example.shape[1:])
     cost = count_params if kind == "params" else (lambda m: count_macs(m, size))
-    spec = FilterSpec(strategy=p.strategy, skip=list(p.skip), importance=p.importance)
+    spec = FilterSpec(strategy=p.strategy, skip=list(p.skip), importance=p.importance, gradients=gradients)
     curves = sensitivity_curves(p.sensitivity_file) if p.sensitivity_file else None
     plan, before, after = plan_to_target(model, target=fraction, cost=cost, allocation=p.allocation,
                                          max_ratio=p.max_ratio, spec=spec, example_input=example, sensitivity=curves)

@@ -272,9 +272,15 @@ class PruneConfig:
                            "of a filter's absolute weights, Li et al.), `l2` (its Euclidean norm), `fpgm` (its "
                            "distance to the layer's other filters: near the geometric median is redundant, He et al. "
                            "2019), "
-                           "`bn_scale` (the BatchNorm scale of the channel, Liu et al. 2017) or `random` (seeded by "
-                           "`seed`: the control). A channel written by several layers sums their scores.",
+                           "`bn_scale` (the BatchNorm scale of the channel, Liu et al. 2017), `taylor` (Molchanov "
+                           "et al. 2019: the squared first-order Taylor estimate of the loss change, from the "
+                           "gradients of `taylor_batches` training batches; not with `--dry-run`) or `random` (seeded "
+                           "by `seed`: the control). A channel written by several layers sums their scores.",
                            choices=choices.FILTER_IMPORTANCES)
+    taylor_batches: int = _opt(10, "`filter`/`sensitivity` with `importance: taylor`: training batches (of "
+                               "`data.batch_size` images, in eval mode) whose gradients score the channels; a "
+                               "forward and backward pass each, again at every pruning step of `iterative`/`agp`.",
+                               **_int_range(1, 1000))
     skip: list[str] = _opt([], "`filter`/`sensitivity`: layers to leave alone (e.g. the sensitive ones a "
                            "sensitivity analysis found).")
     sensitivity_ratios: list[float] = _opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
