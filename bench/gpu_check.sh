@@ -149,7 +149,8 @@ else
   run_step env 30 env_step
   # the whole suite is collected so that any test marked cuda runs (a module that needs a package the machine lacks
   # is reported, the others still run)
-  run_step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -o addopts= --continue-on-collection-errors -m cuda tests
+  run_step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -o addopts= --continue-on-collection-errors \
+    -m cuda tests
   run_step cuda_smoke 60 "$PY" bench/cuda_smoke.py "${DEV[@]}"
   # VGG16-bn with every variant (the >= 4x target: device/bf16/compile against torchvision/fp32/eager), the ResNets
   # eager only: each compiled variant costs a compilation (tens of seconds) out of the same 9 minutes
