@@ -300,6 +300,7 @@ def test_pipelines_it_cannot_reproduce_are_user_errors(tmp_path: Path) -> None:
         build_device_loaders(digits, batch_size=2, seed=0, device="cpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_equal_cpu_batches() -> None:
     cpu, gpu = _loader(), _loader(device="cuda")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -18,14 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 @cache
 def git_commit() -> str:
-    """The commit of the code that produced a result ("unknown" outside a git checkout)."""
+    """The commit of the code that produced a result: ``git rev-parse HEAD`` (``-dirty`` when tracked files differ),
+    else ``$PRUNE_GIT_COMMIT`` (a copy of the working tree without ``.git``, such as the one ``bench/gpu_check.sh``
+    runs on a lent GPU machine, says so), else "unknown"."""
+    fallback = os.environ.get("PRUNE_GIT_COMMIT", "").strip() or "unknown"
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
     if out.returncode != 0:
-        return "unknown"
+        return fallback
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
