@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_data import write_cifar
-from test_runner import PRUNER, REPO, load, run_script, succeeded
+from test_interrupt import Stopped, step_line
+from test_runner import PRUNER, REPO, load, run_script, succeeded, write_config
 from torch import nn
 
 from utils.config.schema import OptimConfig
@@ -284,3 +287,27 @@ def test_pruner_alpha_zero_is_plain_retraining_and_results_name_the_loss(demo: P
     assert results[0]["retrain_loss"] == "cross-entropy"
     assert results[2]["retrain_loss"] == {"name": "distillation", "alpha": 0.5, "temperature": 4.0,
                                           "teacher": "the unpruned model"}
+
+
+@pytest.mark.slow
+def test_distilled_agp_with_taylor_stopped_and_resumed_equals_the_run_never_stopped(demo: Path) -> None:
+    """The options meet in one run: AGP prunes by taylor (fresh gradients at every pruning step, drawn inside the
+    training's pass) while the loss distils from the unpruned model; Ctrl-C in the second epoch and ``--resume``
+    (the teacher rebuilt from ``model.checkpoint``, not from the checkpoint resumed) end with the weights of the run
+    never stopped."""
+    config = write_config(demo / "agp.json", name="agp", seed=1, print_freq=1, data=DATA,
+                          model={"arch": "resnet20", "checkpoint": "checkpoints/demo_digits_resnet20/best.pth"},
+                          prune={"method": "filter", "layers": ["conv2", "conv4"], "ratios": [0.5],
+                                 "importance": "taylor", "taylor_batches": 2, "latency": False, "schedule": "agp",
+                                 "frequency": 2, "agp_end": 0.5},
+                          retrain={"epochs": 2, "lr": 0.01, "distill": DISTILL}, output={"dir": "runs"})
+    whole = succeeded(run_script(PRUNER, "--json", str(config), cwd=demo)).path
+    stopped = Stopped([sys.executable, str(PRUNER), "--json", str(config)], demo, step_line(1, 2), signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    assert not (demo / "runs" / "agp-2" / "results.json").exists()
+    succeeded(run_script(PRUNER, *stopped.resume_argv()[2:], cwd=demo))
+    a, b = (load(run / "final.pth")["state_dict"] for run in (whole, demo / "runs" / "agp-2"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    results = [json.loads((run / "results.json").read_text()) for run in (whole, demo / "runs" / "agp-2")]
+    assert results[0]["after"] == results[1]["after"]
+    assert results[0]["retrain_loss"]["name"] == "distillation"
