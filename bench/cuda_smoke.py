@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import header, prepare_device, synchronize
 from models import get_model, list_models
-from pruning import MaskKeeper, prune_filters, prune_weights
+from pruning import MaskKeeper, default_example_input, prune_filters, prune_weights
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,11 +40,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The ``(C, H, W)`` the model class declares (models/api.py), else ImageNet's."""
-    return tuple(getattr(model, "input_size", (3, 224, 224)))  # type: ignore[return-value]
-
-
 def check(condition: bool, what: str) -> None:
     if not condition:
         raise AssertionError(what)
@@ -54,7 +49,8 @@ def smoke_model(name: str, device: torch.device, batch_size: int, seed: int) -> 
     """Run the four checks on model ``name``; return a short note (raise on a failure)."""
     torch.manual_seed(seed)
     model = get_model(name, num_classes=10).to(device).train()
-    size = input_size(model)
+    example = default_example_input(model)  # one zero image of the size the model declares, else ImageNet's
+    size = tuple(example.shape[1:])
     images = torch.randn(batch_size, *size, device=device)
     target = torch.randint(0, 10, (batch_size,), device=device)
     criterion = nn.CrossEntropyLoss()
@@ -78,7 +74,7 @@ def smoke_model(name: str, device: torch.device, batch_size: int, seed: int) -> 
     keeper.detach()
 
     pruned = copy.deepcopy(model).cpu().eval()  # traced on the CPU, as the pruner plans before moving the model
-    outcome = prune_filters(pruned, ratios=0.5, example_input=torch.zeros(1, *size))
+    outcome = prune_filters(pruned, ratios=0.5, example_input=example)
     pruned = pruned.to(device)
     with torch.no_grad():
         out = pruned(images)

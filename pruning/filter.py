@@ -35,7 +35,7 @@ from pruning.dependency import analyse
 from pruning.gradients import TaylorStats
 from pruning.groups import READERS, WRITERS, ChannelGraph, ChannelGroup, Member
 from pruning.heads import QUERY_WEIGHTS, heads_of
-from pruning.importance import get_importance, group_scores, needs_gradients
+from pruning.importance import check_gradients, get_importance, group_scores
 from pruning.naming import LayerNames, layer_names
 from pruning.surgery import pruned_shapes, remove_units
 from utils.core import choices
@@ -211,10 +211,7 @@ class FilterSpec:
         if self.strategy not in STRATEGIES:
             raise UserError(f"prune.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         get_importance(self.importance)  # an unknown name is a UserError listing the known ones
-        if needs_gradients(self.importance) and self.gradients is None:
-            raise UserError(f"prune.importance: {self.importance} scores channels from gradients, and none were "
-                            "given; compute them with pruning.gradients.taylor_statistics(model, batches) and pass "
-                            "gradients=")
+        check_gradients(self.importance, self.gradients)
 
 
 def plan_filters(model: nn.Module, spec: FilterSpec | None = None, *, example_input: torch.Tensor | None = None,

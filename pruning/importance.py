@@ -41,6 +41,7 @@ __all__ = [
     "GroupImportance",
     "Scoring",
     "bn_scale",
+    "check_gradients",
     "geometric_median_distances",
     "get_importance",
     "group_scores",
@@ -93,6 +94,13 @@ def register_group_importance(name: str, *, needs_gradients: bool = False
 def needs_gradients(name: str) -> bool:
     """Whether criterion ``name`` scores from gradients, so its caller has to draw training batches first."""
     return name in _NEEDS_GRADIENTS
+
+
+def check_gradients(importance: str, gradients: TaylorStats | None) -> None:
+    """A criterion that :func:`needs_gradients` given none is a ``UserError`` saying how to compute them."""
+    if needs_gradients(importance) and gradients is None:
+        raise UserError(f"prune.importance: {importance} scores channels from gradients, and none were given; "
+                        "compute them with pruning.gradients.taylor_statistics(model, batches) and pass gradients=")
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,5 @@ def group_scores(model: nn.Module, group: ChannelGroup, *, importance: str = "l1
     criterion = get_importance(importance)
     if importance not in _NEEDS_GRADIENTS:
         return criterion(model, group, ignore_in_channels or {})
-    if gradients is None:
-        raise UserError(f"prune.importance: {importance} scores channels from gradients, and none were given; "
-                        "compute them with pruning.gradients.taylor_statistics(model, batches) and pass gradients=")
+    check_gradients(importance, gradients)
     return criterion(model, group, ignore_in_channels or {}, gradients=gradients)

@@ -16,6 +16,7 @@ from torch import nn
 
 from models import build_arch
 from pruning import analyse, layer_names
+from pruning.dependency import DEFAULT_INPUT_SIZE  # what pruning traces a model that declares no size with
 from utils.checkpoint.diagnose import first_line
 from utils.checkpoint.format import is_toolkit_checkpoint
 from utils.checkpoint.load import load_toolkit_checkpoint, read_checkpoint_file
@@ -23,8 +24,6 @@ from utils.config.schema import ExperimentConfig
 from utils.core.errors import UserError
 
 __all__ = ["blocked_reasons", "check_takes", "layer_rows", "list_layers", "planning_model", "trace_size", "why_blocked"]
-
-DEFAULT_INPUT_SIZE = (3, 224, 224)  # what pruning traces a model that declares no size with: an ImageNet image
 
 
 def planning_model(cfg: ExperimentConfig) -> tuple[nn.Module, str | None]:

@@ -29,6 +29,9 @@ SEED_RANGE = (-(2**63 // choices.SEED_STRIDE), (2**64 - MAX_EPOCHS) // choices.S
 MAX_NAME_BYTES = 255 - len("-999999")
 # retrain.distill.temperature: Hinton et al. use 1-20; far above that every soft target is uniform to float precision.
 MAX_TEMPERATURE = 100.0
+# prune.taylor_batches: each is a forward and backward pass whose statistics are kept (a row per batch for every
+# layer) until the channels are scored; 1000 batches of 128 are more images than CIFAR-10's training split holds.
+MAX_TAYLOR_BATCHES = 1000
 
 
 def repeated_ratio(ratios: list[float]) -> str | None:

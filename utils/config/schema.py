@@ -30,6 +30,7 @@ from utils.config.bounds import (
     MAX_IMAGE_SIZE,
     MAX_INPUT_CHANNELS,
     MAX_NAME_BYTES,
+    MAX_TAYLOR_BATCHES,
     MAX_TEMPERATURE,
     MAX_WIDTH,
     MAX_WORKERS,
@@ -279,8 +280,8 @@ class PruneConfig:
                            choices=choices.FILTER_IMPORTANCES)
     taylor_batches: int = _opt(10, "`filter`/`sensitivity` with `importance: taylor`: training batches (of "
                                "`data.batch_size` images, in eval mode) whose gradients score the channels; a "
-                               "forward and backward pass each, again at every pruning step of `iterative`/`agp`.",
-                               **_int_range(1, 1000))
+                               "forward and backward pass each, again at every pruning step of `iterative`/`agp`. "
+                               f"At most {MAX_TAYLOR_BATCHES}.", **_int_range(1, MAX_TAYLOR_BATCHES))
     skip: list[str] = _opt([], "`filter`/`sensitivity`: layers to leave alone (e.g. the sensitive ones a "
                            "sensitivity analysis found).")
     sensitivity_ratios: list[float] = _opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],

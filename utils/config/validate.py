@@ -33,11 +33,11 @@ __all__ = ["apply_overrides", "from_dict", "load_config", "parse_override", "rea
 
 _MISSING = dataclasses.MISSING
 
-# ``prune`` keys that choose layers or filters, with the methods that read them. ``weight`` pruning prunes every conv
-# and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
 # Keys that exist in another section only, with where they are: a plain "unknown key" would not say why.
 _KEY_ELSEWHERE = {"train.distill": "the baseline trainer has no teacher; distillation is retrain.distill, the unpruned "
                                    "model teaching the pruned one in pruner_exp.py: move it there or remove it"}
+# ``prune`` keys that choose layers or filters, with the methods that read them. ``weight`` pruning prunes every conv
+# and linear layer, so a run with ``"layers": ["conv1"]`` would silently prune all of them: such a key is an error.
 _LAYER_SPEC_METHODS = {"layers": ("filter", "sensitivity"), "skip": ("filter", "sensitivity"), "channels": ("filter",),
                        "ratios": ("filter",), "target": ("filter",)}
 
@@ -143,8 +143,9 @@ class _Validator:
             if name.startswith("_"):
                 continue  # comments
             if name not in fields:
-                if join_key(prefix, name) in _KEY_ELSEWHERE:
-                    raise self.fail(join_key(prefix, name), _KEY_ELSEWHERE[join_key(prefix, name)])
+                key = join_key(prefix, name)
+                if key in _KEY_ELSEWHERE:
+                    raise self.fail(key, _KEY_ELSEWHERE[key])
                 hint = _did_you_mean(name, fields, prefix)
                 raise self.fail(join_key(prefix, name), f"unknown key{hint} (valid keys here: {', '.join(fields)})")
 
@@ -188,16 +189,16 @@ class _Validator:
         prune, retrain = values["prune"], values["retrain"]
         if retrain.distill is None:
             return
+        fix = "remove retrain.distill"
         if prune.method == "sensitivity":
             problem = 'prune.method "sensitivity" only evaluates, it does not retrain'
         elif retrain.epochs == 0:
-            problem = "retrain.epochs is 0, so there is no retraining to distil"
+            problem, fix = "retrain.epochs is 0, so there is no retraining to distil", fix + " or set retrain.epochs"
         elif prune.from_scratch:
             problem = "prune.from_scratch starts from random weights, so the unpruned model is no trained teacher"
         else:
             return
-        raise self.fail("retrain.distill", f"{problem}; remove retrain.distill"
-                        + (" or set retrain.epochs" if retrain.epochs == 0 and prune.method != "sensitivity" else ""))
+        raise self.fail("retrain.distill", f"{problem}; {fix}")
 
     def check_schedule(self, prune: PruneConfig, retrain: OptimConfig) -> None:
         """A schedule that cannot run with the rest of the file: an error before any work (the rest at run time)."""
@@ -275,8 +276,9 @@ def _check_override_key(key: str) -> None:
         if not fields:
             raise UserError(f"--set {key}: {'.'.join(done)} is a value, not a section")
         if part not in fields:
-            if join_key(".".join(done), part) in _KEY_ELSEWHERE:
-                raise UserError(f"--set {key}: {_KEY_ELSEWHERE[join_key('.'.join(done), part)]}")
+            elsewhere = _KEY_ELSEWHERE.get(join_key(".".join(done), part))
+            if elsewhere:
+                raise UserError(f"--set {key}: {elsewhere}")
             hint = _did_you_mean(part, fields, ".".join(done))
             where = f" in section {'.'.join(done)}" if done else ""
             raise UserError(f"--set {key}: unknown key{where}{hint} (valid keys here: {', '.join(fields)})")
